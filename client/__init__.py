@@ -1,0 +1,1 @@
+"""fedpriv client package."""

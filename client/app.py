@@ -1,0 +1,144 @@
+"""The ClientApp: local DP-SGD on a node's own data (Flower Message API).
+
+``train`` loads the global weights, checks that one more round fits the
+node's privacy budget (declining with an error reply if it does not), runs
+DP-SGD, records the steps in the node's ledger (kept in ``context.state``, so
+the cumulative epsilon is true across rounds) and replies with the unwrapped
+weights and a :class:`~shared_models.messages.TrainReport`. ``evaluate``
+reports loss and accuracy on the node's held-out split.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+
+from client.data import ClientDataFn
+from client.privacy import PrivacyLedger, compute_epsilon, noise_for_target, plan_round
+from client.training import DPStep, train_locally
+from shared_models.config import RunConfig
+from shared_models.errors import PrivacyBudgetError
+from shared_models.evaluation import evaluate_model, resolve_device
+from shared_models.messages import (
+    DECLINED_BUDGET,
+    EvalReport,
+    TrainReport,
+    evaluate_reply,
+    server_round,
+    state_dict_from_message,
+    train_reply,
+)
+from shared_models.registry import build_model
+
+logger = logging.getLogger(__name__)
+
+LEDGER_STATE_KEY = "privacy-ledger"
+
+
+def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -> ClientApp:
+    """A ClientApp that trains on what ``load_data`` returns.
+
+    Args:
+        load_data: finds this node's data from its context and the run config.
+        config: the run's settings; ``None`` reads them from
+            ``context.run_config`` (as under ``flwr run``).
+    """
+    app = ClientApp()
+
+    def run_config(context: Context) -> RunConfig:
+        return config if config is not None else RunConfig.from_run_config(context.run_config)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = run_config(context)
+        data = load_data(context, cfg)
+        rnd = server_round(msg)
+        plan = plan_round(len(data.x_train), cfg.batch_size, cfg.local_epochs)
+        dp_step: DPStep | None = None
+        ledger = _load_ledger(context, cfg)
+        if ledger is not None:
+            if ledger.noise_multiplier is None:
+                ledger.noise_multiplier = cfg.dp.noise_multiplier or noise_for_target(
+                    target_epsilon=ledger.budget,  # type: ignore[arg-type]
+                    delta=cfg.dp.delta,
+                    plan=plan,
+                    rounds=cfg.rounds,
+                    accountant=cfg.dp.accountant,
+                )
+            try:
+                ledger.check_budget(ledger.noise_multiplier, plan)
+            except PrivacyBudgetError as err:
+                logger.info("client %d, round %d: %s", data.partition_id, rnd, err)
+                _save_ledger(context, ledger)
+                return Message(Error(code=DECLINED_BUDGET, reason=str(err)), reply_to=msg)
+            dp_step = DPStep(ledger.noise_multiplier, cfg.dp.max_grad_norm, cfg.dp.accountant)
+
+        model = build_model(data.model_config)
+        model.load_state_dict(state_dict_from_message(msg))
+        result = train_locally(
+            model,
+            data.x_train,
+            data.y_train,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum,
+            dp=dp_step,
+            device=resolve_device(cfg.device),
+            seed=cfg.seed * 1_000_003 + data.partition_id * 1009 + rnd,
+        )
+        if ledger is not None and dp_step is not None:
+            for sigma, rate, steps in result.history:
+                ledger.record(sigma, rate, steps)
+            _save_ledger(context, ledger)
+            epsilon = ledger.epsilon()
+            epsilon_round = compute_epsilon(result.history, cfg.dp.delta, cfg.dp.accountant)
+            noise = dp_step.noise_multiplier
+        else:
+            epsilon = epsilon_round = float("inf")
+            noise = 0.0
+        report = TrainReport(
+            num_examples=result.num_examples,
+            train_loss=result.mean_loss,
+            epsilon=epsilon,
+            epsilon_round=epsilon_round,
+            delta=cfg.dp.delta,
+            noise_multiplier=noise,
+            sample_rate=plan.sample_rate,
+            steps=result.steps,
+            dp_enabled=cfg.dp.enabled,
+            partition_id=data.partition_id,
+            accountant=cfg.dp.accountant if cfg.dp.enabled else "none",
+        )
+        return train_reply(msg, result.state_dict, report)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg = run_config(context)
+        data = load_data(context, cfg)
+        model = build_model(data.model_config)
+        model.load_state_dict(state_dict_from_message(msg))
+        loss, accuracy = evaluate_model(
+            model, data.x_val, data.y_val, device=resolve_device(cfg.device)
+        )
+        return evaluate_reply(msg, EvalReport(len(data.x_val), loss, accuracy))
+
+    return app
+
+
+def _load_ledger(context: Context, cfg: RunConfig) -> PrivacyLedger | None:
+    """This node's ledger for this run, or ``None`` when DP is off."""
+    if not cfg.dp.enabled:
+        return None
+    record = context.state.config_records.get(LEDGER_STATE_KEY)
+    if record is None:
+        return PrivacyLedger(
+            accountant=cfg.dp.accountant, delta=cfg.dp.delta, budget=cfg.dp.target_epsilon
+        )
+    return PrivacyLedger.from_config_record(record)
+
+
+def _save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+    context.state[LEDGER_STATE_KEY] = ledger.to_config_record()

@@ -1,0 +1,170 @@
+"""The ServerApp: FedAvg (or another strategy) over DP-SGD clients.
+
+Each round it trains on the sampled clients, evaluates on a sample of the
+clients' held-out splits and on the central test set, prints one line of
+progress, and appends to the run folder. When the run ends it saves the final
+weights, the plot and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import flwr
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from server.loop import RoundRecord, run_rounds
+from server.plots import plot_accuracy_epsilon
+from server.run_folder import PLOT_FILE, RunFolder
+from server.strategies import build_strategy
+from shared_models.config import RunConfig
+from shared_models.evaluation import evaluate_model
+from shared_models.registry import ModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+ACCOUNTANT_NAMES = {"rdp": "RDP (Opacus RDPAccountant)", "prv": "PRV (Opacus PRVAccountant)"}
+
+
+@dataclass(frozen=True)
+class CentralData:
+    """The coordinator's held-out test set and the model everyone trains."""
+
+    model_config: ModelConfig
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+CentralDataFn = Callable[[RunConfig], CentralData]
+
+
+def epsilon_label(config: RunConfig) -> str | None:
+    """How every epsilon of this run is labelled; ``None`` without DP."""
+    if not config.dp.enabled:
+        return None
+    return f"cumulative, δ={config.dp.delta:g}, {config.dp.accountant.upper()}"
+
+
+def build_server_app(
+    load_central: CentralDataFn,
+    config: RunConfig | None = None,
+    run_dir: Path | None = None,
+) -> ServerApp:
+    """A ServerApp that runs the federation described by ``config``.
+
+    Args:
+        load_central: gives the central test set and the model config.
+        config: the run's settings; ``None`` reads ``context.run_config``.
+        run_dir: where to write the run folder; ``None`` makes
+            ``./runs/<timestamp>-<model>-<dataset>``.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config if config is not None else RunConfig.from_run_config(context.run_config)
+        run_federation(grid, cfg, load_central(cfg), run_dir or _default_run_dir(cfg))
+
+    return app
+
+
+def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Path) -> dict:
+    """Run every round and write the run folder; return the summary."""
+    started = time.monotonic()
+    random.seed(cfg.seed)  # Flower samples nodes with the `random` module
+    torch.manual_seed(cfg.seed)
+    folder = RunFolder.create(run_dir)
+    folder.write_config(
+        {
+            "run": cfg.to_run_config(),
+            "model": central.model_config.to_dict(),
+            "flwr_version": flwr.__version__,
+            "torch_version": torch.__version__,
+        }
+    )
+    model = build_model(central.model_config)
+    label = epsilon_label(cfg)
+
+    def central_evaluate(rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate_model(model, central.x_test, central.y_test)
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    def on_round(record: RoundRecord) -> None:
+        folder.append_round(record)
+        logger.info("%s", progress_line(record, cfg, label))
+
+    logger.info("run folder: %s", folder.path)
+    result = run_rounds(
+        build_strategy(cfg),
+        grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.rounds,
+        timeout=cfg.round_timeout,
+        evaluate_fn=central_evaluate,
+        on_round=on_round,
+    )
+    model_path = folder.save_model(result.arrays.to_torch_state_dict(), central.model_config)
+    plot_accuracy_epsilon(
+        result.rounds,
+        folder.path / PLOT_FILE,
+        title=f"fedpriv: {cfg.model} on {cfg.dataset}, {cfg.num_clients} clients",
+        epsilon_label=label,
+    )
+    last = result.rounds[-1] if result.rounds else None
+    summary = {
+        "rounds_planned": cfg.rounds,
+        "rounds_completed": sum(1 for r in result.rounds if r.trained > 0),
+        "stopped_early": result.stopped_early,
+        "test_accuracy": last.test_accuracy if last else None,
+        "test_loss": last.test_loss if last else None,
+        "privacy": {
+            "guarantee": (
+                "example-level DP of each client's records (DP-SGD), cumulative over all rounds"
+                if cfg.dp.enabled
+                else "none (--no-dp)"
+            ),
+            "epsilon_max": last.epsilon_max if last else None,
+            "epsilon_mean": last.epsilon_mean if last else None,
+            "delta": cfg.dp.delta if cfg.dp.enabled else None,
+            "accountant": ACCOUNTANT_NAMES[cfg.dp.accountant] if cfg.dp.enabled else None,
+            "target_epsilon": cfg.dp.target_epsilon if cfg.dp.enabled else None,
+        },
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "model_file": model_path.name,
+        "run_dir": str(folder.path),
+    }
+    folder.write_summary(summary)
+    return summary
+
+
+def progress_line(record: RoundRecord, cfg: RunConfig, label: str | None) -> str:
+    """One line per round, as shown on screen."""
+    acc = "n/a" if record.test_accuracy is None else f"{record.test_accuracy:.3f}"
+    loss = "n/a" if record.test_loss is None else f"{record.test_loss:.3f}"
+    if label is None:
+        privacy = "no DP"
+    elif record.epsilon_max is None:
+        privacy = "ε: nothing spent yet"
+    else:
+        privacy = f"client ε max {record.epsilon_max:.3f} mean {record.epsilon_mean:.3f} [{label}]"
+    extra = f", {record.declined} declined" if record.declined else ""
+    extra += f", {record.failed} failed" if record.failed else ""
+    return (
+        f"round {record.round}/{cfg.rounds}: test acc {acc} loss {loss} | {privacy} | "
+        f"{record.trained} trained{extra} | {record.seconds:.1f}s"
+    )
+
+
+def _default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model}-{cfg.dataset}"

@@ -1,0 +1,146 @@
+"""The federated round loop, over any Flower strategy.
+
+Flower's ``Strategy.start()`` runs the same loop but offers no hook between
+rounds; ours calls ``on_round`` with a :class:`RoundRecord` after every round
+(progress on screen, the run folder's metrics and privacy ledger), reads each
+client's :class:`~shared_models.messages.TrainReport`, and ends the run
+cleanly when every sampled client declined because its budget is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from shared_models.messages import DECLINED_BUDGET, EVAL_ACCURACY, EVAL_LOSS, TrainReport
+
+logger = logging.getLogger(__name__)
+
+CentralEvaluateFn = Callable[[int, ArrayRecord], MetricRecord]
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round. Epsilons are cumulative per client.
+
+    ``epsilon_max``/``epsilon_mean`` are over every client that has trained
+    so far (a client's spend does not fall when it sits a round out); ``None``
+    without DP.
+    """
+
+    round: int
+    seconds: float
+    sampled: int
+    trained: int
+    declined: int
+    failed: int
+    train_loss: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    client_eval_loss: float | None
+    client_eval_accuracy: float | None
+    epsilon_max: float | None
+    epsilon_mean: float | None
+    reports: list[TrainReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, object]:
+        """The record without per-client detail, for ``metrics.jsonl``."""
+        row = {k: v for k, v in vars(self).items() if k not in ("reports", "failures")}
+        row["failures"] = self.failures
+        return row
+
+
+@dataclass
+class LoopResult:
+    arrays: ArrayRecord
+    rounds: list[RoundRecord]
+    stopped_early: str | None = None
+
+
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    *,
+    initial_arrays: ArrayRecord,
+    num_rounds: int,
+    timeout: float,
+    evaluate_fn: CentralEvaluateFn | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> LoopResult:
+    """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate."""
+    arrays = initial_arrays
+    latest_epsilon: dict[int, float] = {}
+    records: list[RoundRecord] = []
+    for rnd in range(1, num_rounds + 1):
+        start = time.monotonic()
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        ok = [m for m in replies if not m.has_error()]
+        declined = [m for m in replies if m.has_error() and m.error.code == DECLINED_BUDGET]
+        failed = [m for m in replies if m.has_error() and m.error.code != DECLINED_BUDGET]
+        failures = [_describe_error(m) for m in failed]
+        failures += [f"{len(messages) - len(replies)} node(s) did not reply in time"] * (
+            len(replies) < len(messages)
+        )
+        reports = [TrainReport.from_content(m.content) for m in ok]
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
+        if new_arrays is not None:
+            arrays = new_arrays
+        for report in reports:
+            if report.dp_enabled:
+                latest_epsilon[report.partition_id] = report.epsilon
+        evaluate_messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
+        eval_metrics = None
+        if evaluate_messages:
+            eval_replies = grid.send_and_receive(evaluate_messages, timeout=timeout)
+            eval_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+        central = evaluate_fn(rnd, arrays) if evaluate_fn else None
+        record = RoundRecord(
+            round=rnd,
+            seconds=time.monotonic() - start,
+            sampled=len(messages),
+            trained=len(ok),
+            declined=len(declined),
+            failed=len(messages) - len(ok) - len(declined),
+            train_loss=_get(train_metrics, "train-loss"),
+            test_loss=_get(central, "loss"),
+            test_accuracy=_get(central, "accuracy"),
+            client_eval_loss=_get(eval_metrics, EVAL_LOSS),
+            client_eval_accuracy=_get(eval_metrics, EVAL_ACCURACY),
+            epsilon_max=max(latest_epsilon.values()) if latest_epsilon else None,
+            epsilon_mean=(
+                sum(latest_epsilon.values()) / len(latest_epsilon) if latest_epsilon else None
+            ),
+            reports=reports,
+            failures=failures,
+        )
+        records.append(record)
+        if on_round is not None:
+            on_round(record)
+        if messages and len(declined) == len(messages):
+            reason = (
+                f"every sampled client declined round {rnd}: their privacy budgets are spent"
+            )
+            logger.warning("%s; ending the run after %d completed round(s)", reason, rnd - 1)
+            return LoopResult(arrays=arrays, rounds=records, stopped_early=reason)
+    return LoopResult(arrays=arrays, rounds=records)
+
+
+def _get(metrics: MetricRecord | None, key: str) -> float | None:
+    if metrics is None or key not in metrics:
+        return None
+    value = float(metrics[key])  # type: ignore[arg-type]
+    return value if math.isfinite(value) else None
+
+
+def _describe_error(msg: Message) -> str:
+    reason = (msg.error.reason or "").strip().splitlines()
+    return f"node {msg.metadata.src_node_id}: {reason[-1] if reason else 'error'}"

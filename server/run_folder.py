@@ -1,0 +1,105 @@
+"""The run folder: everything a finished (or stopped) run leaves behind.
+
+    config.json            the resolved run settings
+    metrics.jsonl          one line per round (accuracy, loss, epsilons, timing)
+    privacy_ledger.jsonl   one line per client per round: its cumulative and
+                           this-round epsilon, delta, accountant, noise, steps
+    summary.json           final figures and where everything is
+    accuracy_epsilon.png   test accuracy and cumulative epsilon per round
+    model.safetensors      the final global weights (model config in metadata)
+
+Files are written atomically (temp file + rename); an existing non-empty
+folder is refused, so nothing already saved is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from server.loop import RoundRecord
+from shared_models.errors import ConfigError
+from shared_models.registry import ModelConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+LEDGER_FILE = "privacy_ledger.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "accuracy_epsilon.png"
+MODEL_FILE = "model.safetensors"
+
+
+class RunFolder:
+    """Writes one run's artefacts into ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, path: Path) -> RunFolder:
+        """Make ``path`` (parents too); refuse one that already holds files."""
+        path = path.expanduser().resolve()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(
+                f"output folder {path} already exists and is not empty; "
+                "choose another --out (nothing was overwritten)"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json_atomic(self.path / CONFIG_FILE, config)
+
+    def append_round(self, record: RoundRecord) -> None:
+        _append_jsonl(self.path / METRICS_FILE, [record.as_row()])
+        rows = [{"round": record.round, **r.as_dict()} for r in record.reports]
+        if rows:
+            _append_jsonl(self.path / LEDGER_FILE, rows)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.path / SUMMARY_FILE, summary)
+
+    def save_model(self, state_dict: dict[str, torch.Tensor], model_config: ModelConfig) -> Path:
+        target = self.path / MODEL_FILE
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        metadata = {"model_config": json.dumps(model_config.to_dict())}
+        fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, target)
+        return target
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that ``path`` is never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_clean(data), fh, indent=2, default=str, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a") as fh:
+        for row in rows:
+            fh.write(json.dumps(_clean(row), default=str, allow_nan=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no infinity or NaN: such numbers are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value

@@ -1,0 +1,217 @@
+"""The settings of one federated run, parsed once at the edge.
+
+Both sides of the wire read the same :class:`RunConfig`: the ServerApp and the
+ClientApp get it from ``context.run_config`` (``flwr run .``, whose keys are
+the kebab-case ``[tool.flwr.app.config]`` entries of ``pyproject.toml``) or
+from ``fedpriv-sim``, which builds it from its flags. Nothing else reads
+``run_config[...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared_models.errors import ConfigError
+
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+STRATEGIES: tuple[str, ...] = (
+    "fedadagrad",
+    "fedadam",
+    "fedavg",
+    "fedavgm",
+    "fedmedian",
+    "fedtrimmedavg",
+    "fedyogi",
+    "krum",
+    "multikrum",
+)
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Example-level DP-SGD settings for every client's local training.
+
+    Args:
+        enabled: train with DP-SGD (Opacus). ``False`` trains non-privately.
+        target_epsilon: the cumulative epsilon budget of each client for the
+            whole run (all rounds), at ``delta``. When ``noise_multiplier`` is
+            not given, the noise is derived so that a client that takes part
+            in every planned round ends at (just under) this epsilon. A client
+            whose next round would exceed it declines the round.
+        noise_multiplier: Gaussian noise std as a multiple of
+            ``max_grad_norm``. Given explicitly, it is used as is (and
+            ``target_epsilon``, if also given, is only the budget).
+        max_grad_norm: per-sample gradient clipping bound C (L2 norm).
+        delta: the delta of every (epsilon, delta) figure reported.
+        accountant: ``"rdp"`` (Renyi DP, Opacus ``RDPAccountant``) or
+            ``"prv"`` (privacy random variables, Opacus ``PRVAccountant``).
+    """
+
+    enabled: bool = True
+    target_epsilon: float | None = 8.0
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.target_epsilon is not None and not (
+            math.isfinite(self.target_epsilon) and self.target_epsilon > 0
+        ):
+            raise ConfigError(
+                f"target epsilon must be a positive number, got {self.target_epsilon}"
+            )
+        if self.noise_multiplier is not None and not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            raise ConfigError(
+                f"noise multiplier must be > 0, got {self.noise_multiplier} "
+                "(to train without privacy use --no-dp)"
+            )
+        if self.enabled and self.target_epsilon is None and self.noise_multiplier is None:
+            raise ConfigError("DP needs a target epsilon or a noise multiplier (or use --no-dp)")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"max grad norm must be > 0, got {self.max_grad_norm}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"unknown accountant '{self.accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs, validated at construction."""
+
+    model: str = "cnn"
+    dataset: str = "digits"
+    data_dir: str = ""
+    num_clients: int = 10
+    rounds: int = 20
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.5
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.5
+    momentum: float = 0.0
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    seed: int = 0
+    strategy: str = "fedavg"
+    device: str = "auto"
+    round_timeout: float = 600.0
+    dp: DPConfig = field(default_factory=DPConfig)
+
+    def __post_init__(self) -> None:
+        positive_ints = ("num_clients", "rounds", "local_epochs", "batch_size", "shards_per_client")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1 or (name == "fraction_train" and value == 0):
+                raise ConfigError(f"{_flag(name)} must be in (0, 1], got {value}")
+        for name in ("learning_rate", "dirichlet_alpha", "round_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy '{self.strategy}'; choose one of: {', '.join(STRATEGIES)}"
+            )
+        if self.device not in DEVICES:
+            raise ConfigError(
+                f"unknown device '{self.device}'; choose one of: {', '.join(DEVICES)}"
+            )
+
+    # -- flat kebab-case view, as in pyproject.toml and context.run_config --
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flatten to kebab-case keys (``None`` values are left out)."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "dp":
+                continue
+            flat[_flag(f.name)] = getattr(self, f.name)
+        for f in dataclasses.fields(DPConfig):
+            value = getattr(self.dp, f.name)
+            if value is not None:
+                flat[_DP_KEYS[f.name]] = value
+        return flat
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse kebab-case keys; unknown keys and wrong types are refused.
+
+        Keys that are absent take the defaults of this class.
+        """
+        top = {_flag(f.name): f for f in dataclasses.fields(cls) if f.name != "dp"}
+        dp_fields = {key: name for name, key in _DP_KEYS.items()}
+        kwargs: dict[str, Any] = {}
+        dp_kwargs: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if key in top:
+                kwargs[top[key].name] = _coerce(key, value, type(getattr(_DEFAULT, top[key].name)))
+            elif key in dp_fields:
+                name = dp_fields[key]
+                kind = float if name in ("target_epsilon", "noise_multiplier") else None
+                default = getattr(_DEFAULT.dp, name)
+                dp_kwargs[name] = _coerce(key, value, kind or type(default))
+            else:
+                known = sorted([*top, *dp_fields])
+                raise ConfigError(f"unknown setting '{key}'; known settings: {', '.join(known)}")
+        if dp_kwargs.get("enabled") is False:
+            dp_kwargs.setdefault("target_epsilon", None)
+        if "noise_multiplier" in dp_kwargs and "target_epsilon" not in dp_kwargs:
+            dp_kwargs["target_epsilon"] = None
+        return cls(**kwargs, dp=DPConfig(**dp_kwargs))
+
+
+_DP_KEYS = {
+    "enabled": "dp",
+    "target_epsilon": "target-epsilon",
+    "noise_multiplier": "noise-multiplier",
+    "max_grad_norm": "max-grad-norm",
+    "delta": "delta",
+    "accountant": "accountant",
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert one run-config value to ``kind`` or raise a ConfigError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - programming error
+        raise TypeError(kind)
+    raise ConfigError(f"setting '{key}' must be {kind.__name__}, got {value!r}")
+
+
+_DEFAULT = RunConfig()

@@ -1,0 +1,1 @@
+"""fedpriv simulations package."""

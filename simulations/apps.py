@@ -1,0 +1,98 @@
+"""The simulation's ServerApp and ClientApp: a dataset split across clients.
+
+``server_app`` and ``client_app`` are what ``flwr run .`` loads (see
+``[tool.flwr.app.components]`` in ``pyproject.toml``); they read the run's
+settings from ``context.run_config``. ``fedpriv-sim`` builds the same apps
+with :func:`make_server_app`/:func:`make_client_app` and its parsed flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from client.app import build_client_app
+from client.data import ClientData
+from server.app import CentralData, build_server_app
+from shared_models.config import RunConfig
+from shared_models.errors import ConfigError
+from shared_models.registry import ModelConfig
+from simulations.datasets import FederatedData
+from simulations.partition import PartitionSpec, cached_partitions, client_split
+
+VAL_FRACTION = 0.2  # of each client's partition, held out for its `evaluate`
+
+
+def partition_spec(cfg: RunConfig) -> PartitionSpec:
+    return PartitionSpec(
+        scheme=cfg.partitioning,
+        num_partitions=cfg.num_clients,
+        alpha=cfg.dirichlet_alpha,
+        shards_per_client=cfg.shards_per_client,
+        seed=cfg.seed,
+    )
+
+
+def load_partitions(cfg: RunConfig) -> tuple[FederatedData, tuple[np.ndarray, ...]]:
+    """The dataset and every client's indices into its pool (cached per process)."""
+    return cached_partitions(cfg.dataset, cfg.data_dir or None, partition_spec(cfg), cfg.seed)
+
+
+def model_config_for(cfg: RunConfig, data: FederatedData) -> ModelConfig:
+    """The model both sides build for this run's dataset."""
+    if cfg.model != "cnn":
+        raise ConfigError(
+            f"model '{cfg.model}' needs a text dataset, but '{cfg.dataset}' is images; "
+            "use --model cnn"
+        )
+    return ModelConfig(
+        name=cfg.model,
+        num_classes=data.pool.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+    )
+
+
+def load_client_data(context: Context, cfg: RunConfig) -> ClientData:
+    """This simulated node's partition, split into train and held-out parts."""
+    partition_id = int(context.node_config["partition-id"])  # type: ignore[arg-type]
+    num_partitions = int(context.node_config["num-partitions"])  # type: ignore[arg-type]
+    if num_partitions != cfg.num_clients:
+        raise ConfigError(
+            f"the federation has {num_partitions} nodes but num-clients is {cfg.num_clients}; "
+            "make them equal"
+        )
+    data, parts = load_partitions(cfg)
+    train_idx, val_idx = client_split(
+        parts[partition_id], val_fraction=VAL_FRACTION, seed=cfg.seed + partition_id
+    )
+    return ClientData(
+        partition_id=partition_id,
+        x_train=data.pool.x[train_idx],
+        y_train=data.pool.y[train_idx],
+        x_val=data.pool.x[val_idx],
+        y_val=data.pool.y[val_idx],
+        model_config=model_config_for(cfg, data),
+    )
+
+
+def load_central_data(cfg: RunConfig) -> CentralData:
+    """The central test set, which no client sees."""
+    data, _ = load_partitions(cfg)
+    return CentralData(model_config_for(cfg, data), data.test.x, data.test.y)
+
+
+def make_client_app(config: RunConfig | None = None) -> ClientApp:
+    return build_client_app(load_client_data, config)
+
+
+def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:
+    return build_server_app(load_central_data, config, run_dir)
+
+
+server_app = make_server_app()
+client_app = make_client_app()

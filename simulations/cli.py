@@ -1,0 +1,217 @@
+"""``fedpriv-sim``: a whole DP federation on one machine (Flower simulation on Ray).
+
+Every input mistake ends in one line on stderr and a non-zero exit code:
+2 for a malformed command line, 1 for a bad setting, missing data or an
+impossible privacy budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from server.app import epsilon_label
+from server.run_folder import SUMMARY_FILE, RunFolder
+from shared_models.config import DPConfig, RunConfig
+from shared_models.errors import FedprivError
+
+logger = logging.getLogger("simulations.cli")
+_D = RunConfig()
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help="Run a federation of DP-SGD clients on one machine and write a run folder.")
+def run(
+    model: Annotated[str, typer.Option(help="cnn | lstm | transformer")] = _D.model,
+    dataset: Annotated[str, typer.Option(help="digits (embedded) | fashion-mnist")] = _D.dataset,
+    data_dir: Annotated[str, typer.Option(help="folder of the dataset's files")] = _D.data_dir,
+    clients: Annotated[int, typer.Option(help="number of clients")] = _D.num_clients,
+    rounds: Annotated[int, typer.Option(help="federated rounds")] = _D.rounds,
+    fraction: Annotated[float, typer.Option(help="fraction of clients per round")] = (
+        _D.fraction_train
+    ),
+    fraction_evaluate: Annotated[
+        float, typer.Option(help="fraction of clients evaluating their held-out split per round")
+    ] = _D.fraction_evaluate,
+    local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = _D.local_epochs,
+    batch_size: Annotated[int, typer.Option(help="expected local batch size")] = _D.batch_size,
+    lr: Annotated[float, typer.Option(help="client learning rate (SGD)")] = _D.learning_rate,
+    momentum: Annotated[float, typer.Option(help="client SGD momentum")] = _D.momentum,
+    partitioning: Annotated[str, typer.Option(help="iid | dirichlet | shards")] = _D.partitioning,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration")] = _D.dirichlet_alpha,
+    shards_per_client: Annotated[int, typer.Option(help="label shards per client")] = (
+        _D.shards_per_client
+    ),
+    seed: Annotated[int, typer.Option(help="seed of data split, sampling and noise")] = _D.seed,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="each client's cumulative epsilon budget for the run")
+    ] = None,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(help="fixed DP noise multiplier (instead of a target)")
+    ] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="train without privacy")] = False,
+    max_grad_norm: Annotated[float, typer.Option(help="per-sample clipping norm C")] = (
+        _D.dp.max_grad_norm
+    ),
+    delta: Annotated[float, typer.Option(help="delta of every epsilon")] = _D.dp.delta,
+    accountant: Annotated[str, typer.Option(help="rdp | prv")] = _D.dp.accountant,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedadam, fedmedian, ...")] = _D.strategy,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _D.device,
+    out: Annotated[
+        Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
+    ] = None,
+    client_cpus: Annotated[float, typer.Option(help="CPUs per simulated client")] = 1.0,
+    client_gpus: Annotated[float, typer.Option(help="GPUs per simulated client")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
+) -> None:
+    if no_dp and (target_epsilon is not None or noise_multiplier is not None):
+        raise FedprivError("--no-dp cannot be combined with --target-epsilon/--noise-multiplier")
+    if noise_multiplier is None and target_epsilon is None:
+        target_epsilon = _D.dp.target_epsilon
+    config = RunConfig(
+        model=model,
+        dataset=dataset,
+        data_dir=data_dir,
+        num_clients=clients,
+        rounds=rounds,
+        fraction_train=fraction,
+        fraction_evaluate=fraction_evaluate,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        partitioning=partitioning,
+        dirichlet_alpha=alpha,
+        shards_per_client=shards_per_client,
+        seed=seed,
+        strategy=strategy,
+        device=device,
+        dp=DPConfig(
+            enabled=not no_dp,
+            target_epsilon=None if no_dp else target_epsilon,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            accountant=accountant,
+        ),
+    )
+    if client_cpus <= 0 or client_gpus < 0:
+        raise FedprivError("--client-cpus must be > 0 and --client-gpus >= 0")
+    run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{dataset}"
+    simulate(config, run_dir, client_cpus=client_cpus, client_gpus=client_gpus, verbose=verbose)
+
+
+def simulate(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    verbose: bool = False,
+) -> dict:
+    """Check everything that can be checked up front, then run the federation.
+
+    Returns the run's summary (also in ``run_dir/summary.json``).
+    """
+    # Import late: the apps pull in torch, Opacus and Flower's simulation.
+    from flwr.simulation import run_simulation
+
+    from simulations.apps import load_central_data, load_partitions, make_client_app, make_server_app
+
+    _, parts = load_partitions(config)  # missing data / too many clients fail here
+    load_central_data(config)  # model/dataset mismatch fails here
+    folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
+    sizes = sorted(len(p) for p in parts)
+    logger.info(
+        "%d clients (%s split, %d-%d examples each), %d rounds, %s; run folder %s",
+        config.num_clients, config.partitioning, sizes[0], sizes[-1], config.rounds,
+        _privacy_words(config), folder.path,
+    )
+    started = time.monotonic()
+    run_simulation(
+        server_app=make_server_app(config, folder.path),
+        client_app=make_client_app(config),
+        num_supernodes=config.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+            "init_args": {"logging_level": "INFO" if verbose else "ERROR",
+                          "log_to_driver": verbose},
+        },
+        verbose_logging=verbose,
+    )
+    summary_path = folder.path / SUMMARY_FILE
+    if not summary_path.exists():
+        raise FedprivError(f"the simulation ended without a summary in {folder.path}")
+    summary = json.loads(summary_path.read_text())
+    privacy = summary["privacy"]
+    eps = privacy["epsilon_max"]
+    eps_text = (
+        "no DP" if eps is None
+        else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
+        f"[{epsilon_label(config)}, example-level DP]"
+    )
+    logger.info(
+        "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
+        time.monotonic() - started, summary["test_accuracy"] or float("nan"),
+        summary["rounds_completed"], eps_text, folder.path,
+    )
+    if summary["stopped_early"]:
+        logger.warning("stopped early: %s", summary["stopped_early"])
+    return summary
+
+
+def _privacy_words(config: RunConfig) -> str:
+    if not config.dp.enabled:
+        return "no DP"
+    if config.dp.noise_multiplier is not None:
+        return f"DP-SGD with noise multiplier {config.dp.noise_multiplier:g}"
+    return (
+        f"DP-SGD to a cumulative ε budget of {config.dp.target_epsilon:g} per client "
+        f"(δ={config.dp.delta:g}, {config.dp.accountant.upper()})"
+    )
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our progress lines on stderr; Flower's and Ray's own only if verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("server", "client", "simulations"):
+        log = logging.getLogger(name)
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        log.propagate = False
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line of error and a non-zero exit on bad input."""
+    args = sys.argv[1:] if argv is None else argv
+    configure_logging("--verbose" in args)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="fedpriv-sim", standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.UsageError as err:
+        print(f"fedpriv-sim: error: {err.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click.Abort:
+        print("fedpriv-sim: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except FedprivError as err:
+        print(f"fedpriv-sim: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
