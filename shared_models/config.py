@@ -96,9 +96,9 @@ class RunConfig:
     rounds: int = 20
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.5
-    local_epochs: int = 1
+    local_epochs: int = 2
     batch_size: int = 32
-    learning_rate: float = 0.5
+    learning_rate: float = 0.2
     momentum: float = 0.0
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
