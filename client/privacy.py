@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from flwr.app import ConfigRecord
@@ -200,7 +201,9 @@ class PrivacyLedger:
                 "accountant": self.accountant,
                 "delta": self.delta,
                 "budget": -1.0 if self.budget is None else self.budget,
-                "noise-multiplier": -1.0 if self.noise_multiplier is None else self.noise_multiplier,
+                "noise-multiplier": -1.0
+                if self.noise_multiplier is None
+                else self.noise_multiplier,
                 "sigmas": [h[0] for h in self.history],
                 "rates": [h[1] for h in self.history],
                 "steps": [h[2] for h in self.history],
@@ -211,13 +214,17 @@ class PrivacyLedger:
     def from_config_record(cls, record: ConfigRecord) -> PrivacyLedger:
         budget = float(record["budget"])  # type: ignore[arg-type]
         noise = float(record["noise-multiplier"])  # type: ignore[arg-type]
-        history = list(zip(record["sigmas"], record["rates"], record["steps"], strict=True))  # type: ignore[arg-type]
+        sigmas = cast(list[float], record["sigmas"])
+        rates = cast(list[float], record["rates"])
+        steps = cast(list[int], record["steps"])
         return cls(
             accountant=str(record["accountant"]),
             delta=float(record["delta"]),  # type: ignore[arg-type]
             budget=None if budget < 0 else budget,
             noise_multiplier=None if noise < 0 else noise,
-            history=[(float(s), float(q), int(n)) for s, q, n in history],
+            history=[
+                (float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)
+            ],
         )
 
 

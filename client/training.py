@@ -10,7 +10,6 @@ back from its accountant, so the ledger records what happened, not a plan.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,19 +76,17 @@ def train_locally(
     trained: nn.Module = model
     if dp is not None:
         engine = PrivacyEngine(accountant=dp.accountant)
-        with warnings.catch_warnings():
-            # Opacus warns that secure_mode is off; it needs torchcsprng, which
-            # has no build for current torch. Noise is torch's PRNG (seeded).
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure.*RNG.*")
-            trained, optimizer, loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
-                noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
-            )
+        # secure_mode stays off: it needs torchcsprng, which has no build for
+        # current torch. Noise comes from torch's seeded PRNG.
+        trained, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
+        )
     loss_fn = nn.CrossEntropyLoss()
     total_loss, total_seen, steps = 0.0, 0, 0
     for _ in range(epochs):

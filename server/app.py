@@ -71,6 +71,8 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if config is None:  # started by Flower (`flwr run`): this is the entry point
+            _show_progress()
         cfg = config if config is not None else RunConfig.from_run_config(context.run_config)
         run_federation(grid, cfg, load_central(cfg), run_dir or _default_run_dir(cfg))
 
@@ -163,6 +165,16 @@ def progress_line(record: RoundRecord, cfg: RunConfig, label: str | None) -> str
         f"round {record.round}/{cfg.rounds}: test acc {acc} loss {loss} | {privacy} | "
         f"{record.trained} trained{extra} | {record.seconds:.1f}s"
     )
+
+
+def _show_progress() -> None:
+    """Send this package's progress lines to stderr, once, under ``flwr run``."""
+    log = logging.getLogger("server")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedpriv: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def _default_run_dir(cfg: RunConfig) -> Path:

@@ -126,9 +126,7 @@ def run_rounds(
         if on_round is not None:
             on_round(record)
         if messages and len(declined) == len(messages):
-            reason = (
-                f"every sampled client declined round {rnd}: their privacy budgets are spent"
-            )
+            reason = f"every sampled client declined round {rnd}: their privacy budgets are spent"
             logger.warning("%s; ending the run after %d completed round(s)", reason, rnd - 1)
             return LoopResult(arrays=arrays, rounds=records, stopped_early=reason)
     return LoopResult(arrays=arrays, rounds=records)

@@ -32,9 +32,15 @@ def plot_accuracy_epsilon(
     else:
         for attr, label in (("epsilon_max", "max over clients"), ("epsilon_mean", "mean")):
             values = [getattr(r, attr) for r in records]
-            ax_eps.plot(rounds, [v if v is not None else float("nan") for v in values],
-                        marker="o", label=label)
-        ax_eps.set(xlabel="round", ylabel=f"client ε ({epsilon_label})", title="Client privacy spent")
+            ax_eps.plot(
+                rounds,
+                [v if v is not None else float("nan") for v in values],
+                marker="o",
+                label=label,
+            )
+        ax_eps.set(
+            xlabel="round", ylabel=f"client ε ({epsilon_label})", title="Client privacy spent"
+        )
         ax_eps.legend()
         ax_eps.grid(alpha=0.3)
     fig.suptitle(title)

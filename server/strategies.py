@@ -82,7 +82,8 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     metrics = [next(iter(r.metric_records.values())) for r in records]
     weights = [float(m[weight_key]) for m in metrics]  # type: ignore[arg-type]
     total = sum(weights)
-    loss = sum(w * float(m[TRAIN_LOSS]) for w, m in zip(weights, metrics, strict=True))  # type: ignore[arg-type]
+    losses = [float(m[TRAIN_LOSS]) for m in metrics]  # type: ignore[arg-type]
+    loss = sum(w * x for w, x in zip(weights, losses, strict=True))
     eps = [float(m[EPSILON]) for m in metrics]  # type: ignore[arg-type]
     eps_round = [float(m[EPSILON_ROUND]) for m in metrics]  # type: ignore[arg-type]
     return MetricRecord(

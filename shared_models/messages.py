@@ -13,7 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    MetricRecordValues,
+    RecordDict,
+)
 
 from shared_models.errors import FedprivError
 
@@ -75,7 +82,7 @@ class TrainReport:
     accountant: str
 
     def to_records(self) -> tuple[MetricRecord, ConfigRecord]:
-        metrics = {
+        metrics: dict[str, MetricRecordValues] = {
             NUM_EXAMPLES: self.num_examples,
             TRAIN_LOSS: self.train_loss,
             EPSILON: _finite_or_neg1(self.epsilon),
@@ -140,9 +147,7 @@ class EvalReport:
             raise MessageFormatError(f"evaluate reply lacks metric {err}") from None
 
 
-def train_reply(
-    msg: Message, state_dict: dict[str, torch.Tensor], report: TrainReport
-) -> Message:
+def train_reply(msg: Message, state_dict: dict[str, torch.Tensor], report: TrainReport) -> Message:
     """Build the reply to a train instruction: new weights plus the report."""
     metrics, privacy = report.to_records()
     content = RecordDict(

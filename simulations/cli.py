@@ -125,7 +125,12 @@ def simulate(
     # Import late: the apps pull in torch, Opacus and Flower's simulation.
     from flwr.simulation import run_simulation
 
-    from simulations.apps import load_central_data, load_partitions, make_client_app, make_server_app
+    from simulations.apps import (
+        load_central_data,
+        load_partitions,
+        make_client_app,
+        make_server_app,
+    )
 
     _, parts = load_partitions(config)  # missing data / too many clients fail here
     load_central_data(config)  # model/dataset mismatch fails here

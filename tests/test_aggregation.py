@@ -76,7 +76,9 @@ def test_every_named_strategy_builds_and_waits_for_the_population(name):
 
 
 def test_median_strategy_takes_the_coordinate_median():
-    replies = [_reply({"w": np.array([v, -v])}, n, 1.0, 1.0) for v, n in [(1.0, 1), (5.0, 100), (2.0, 1)]]
+    replies = [
+        _reply({"w": np.array([v, -v])}, n, 1.0, 1.0) for v, n in [(1.0, 1), (5.0, 100), (2.0, 1)]
+    ]
     arrays, _ = build_strategy(RunConfig(strategy="fedmedian", num_clients=3)).aggregate_train(
         1, replies
     )

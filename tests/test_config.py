@@ -18,10 +18,12 @@ def test_round_trip_through_flat_run_config():
     assert RunConfig.from_run_config(no_dp.to_run_config()) == no_dp
 
 
-def test_pyproject_flwr_config_parses():
+def test_pyproject_flwr_config_lists_every_setting_at_its_default():
+    # `flwr run --run-config` only accepts keys listed there, so all must be.
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    config = RunConfig.from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
-    assert config.model == "cnn" and config.dp.enabled
+    flwr_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert flwr_config == RunConfig().to_run_config()
+    assert RunConfig.from_run_config(flwr_config) == RunConfig()
 
 
 @pytest.mark.parametrize(

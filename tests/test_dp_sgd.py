@@ -65,10 +65,15 @@ def test_noise_has_the_configured_scale(sigma, clip):
     x = np.zeros((n, d_in), dtype=np.float32)  # zero inputs: zero per-sample gradients
     y = np.arange(n, dtype=np.int64) % d_out
     result = train_locally(
-        model, x, y,
-        epochs=1, batch_size=n, learning_rate=lr,
+        model,
+        x,
+        y,
+        epochs=1,
+        batch_size=n,
+        learning_rate=lr,
         dp=DPStep(noise_multiplier=sigma, max_grad_norm=clip, accountant="rdp"),
-        device=torch.device("cpu"), seed=123,
+        device=torch.device("cpu"),
+        seed=123,
     )
     assert result.steps == 1  # batch_size >= n: sampling rate 1, one step
     update = result.state_dict["weight"].flatten().double()  # started at zero
@@ -82,9 +87,15 @@ def test_no_noise_without_dp():
     model = nn.Linear(10, 2, bias=False)
     nn.init.zeros_(model.weight)
     result = train_locally(
-        model, np.zeros((8, 10), np.float32), np.zeros(8, np.int64),
-        epochs=1, batch_size=8, learning_rate=1.0, dp=None,
-        device=torch.device("cpu"), seed=0,
+        model,
+        np.zeros((8, 10), np.float32),
+        np.zeros(8, np.int64),
+        epochs=1,
+        batch_size=8,
+        learning_rate=1.0,
+        dp=None,
+        device=torch.device("cpu"),
+        seed=0,
     )
     assert result.state_dict["weight"].abs().max() == 0
     assert result.history == []

@@ -32,7 +32,10 @@ def _run(out: Path, *flags: str) -> tuple[dict, list[dict], list[dict], str]:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run(
         [FEDPRIV_SIM, "--out", str(out), *flags],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -86,9 +89,22 @@ def test_dirichlet_fedadam_partial_participation_run(tmp_path):
     """Another strategy, non-IID split and client sampling complete and learn."""
     summary, metrics, _, _ = _run(
         tmp_path / "run",
-        "--clients", "6", "--rounds", "4", "--fraction", "0.5",
-        "--partitioning", "dirichlet", "--alpha", "1.0",
-        "--strategy", "fedavgm", "--target-epsilon", "4", "--accountant", "prv",
+        "--clients",
+        "6",
+        "--rounds",
+        "4",
+        "--fraction",
+        "0.5",
+        "--partitioning",
+        "dirichlet",
+        "--alpha",
+        "1.0",
+        "--strategy",
+        "fedavgm",
+        "--target-epsilon",
+        "4",
+        "--accountant",
+        "prv",
     )
     assert [m["trained"] for m in metrics] == [3, 3, 3, 3]
     assert summary["privacy"]["epsilon_max"] <= 4.0
