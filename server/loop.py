@@ -87,9 +87,8 @@ def run_rounds(
         declined = [m for m in replies if m.has_error() and m.error.code == DECLINED_BUDGET]
         failed = [m for m in replies if m.has_error() and m.error.code != DECLINED_BUDGET]
         failures = [_describe_error(m) for m in failed]
-        failures += [f"{len(messages) - len(replies)} node(s) did not reply in time"] * (
-            len(replies) < len(messages)
-        )
+        if len(replies) < len(messages):
+            failures.append(f"{len(messages) - len(replies)} node(s) did not reply in time")
         reports = [TrainReport.from_content(m.content) for m in ok]
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
         if new_arrays is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared_models.errors import ConfigError
+from shared_models.registry import MODEL_NAMES
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 STRATEGIES: tuple[str, ...] = (
@@ -125,6 +126,10 @@ class RunConfig:
                 raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(
+                f"unknown model '{self.model}'; choose one of: {', '.join(MODEL_NAMES)}"
+            )
         if self.strategy not in STRATEGIES:
             raise ConfigError(
                 f"unknown strategy '{self.strategy}'; choose one of: {', '.join(STRATEGIES)}"

@@ -138,8 +138,13 @@ def simulate(
     sizes = sorted(len(p) for p in parts)
     logger.info(
         "%d clients (%s split, %d-%d examples each), %d rounds, %s; run folder %s",
-        config.num_clients, config.partitioning, sizes[0], sizes[-1], config.rounds,
-        _privacy_words(config), folder.path,
+        config.num_clients,
+        config.partitioning,
+        sizes[0],
+        sizes[-1],
+        config.rounds,
+        _privacy_words(config),
+        folder.path,
     )
     started = time.monotonic()
     run_simulation(
@@ -148,8 +153,10 @@ def simulate(
         num_supernodes=config.num_clients,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            "init_args": {"logging_level": "INFO" if verbose else "ERROR",
-                          "log_to_driver": verbose},
+            "init_args": {
+                "logging_level": "INFO" if verbose else "ERROR",
+                "log_to_driver": verbose,
+            },
         },
         verbose_logging=verbose,
     )
@@ -160,14 +167,18 @@ def simulate(
     privacy = summary["privacy"]
     eps = privacy["epsilon_max"]
     eps_text = (
-        "no DP" if eps is None
+        "no DP"
+        if eps is None
         else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
         f"[{epsilon_label(config)}, example-level DP]"
     )
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
-        time.monotonic() - started, summary["test_accuracy"] or float("nan"),
-        summary["rounds_completed"], eps_text, folder.path,
+        time.monotonic() - started,
+        summary["test_accuracy"] or float("nan"),
+        summary["rounds_completed"],
+        eps_text,
+        folder.path,
     )
     if summary["stopped_early"]:
         logger.warning("stopped early: %s", summary["stopped_early"])
@@ -192,7 +203,8 @@ def configure_logging(verbose: bool) -> None:
     for name in ("server", "client", "simulations"):
         log = logging.getLogger(name)
         log.setLevel(logging.INFO)
-        log.addHandler(handler)
+        if not log.handlers:  # main() may run more than once in one process
+            log.addHandler(handler)
         log.propagate = False
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)

@@ -143,7 +143,7 @@ def load_dataset(name: str, *, data_dir: Path | None = None, seed: int = 0) -> F
         data = _load_fashion_mnist(data_dir if data_dir is not None else FASHION_MNIST_DIR)
     else:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    logger.info(
+    logger.debug(
         "loaded %s: %d pool and %d test examples, %d classes",
         name,
         len(data.pool),

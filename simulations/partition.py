@@ -187,7 +187,7 @@ def cached_partitions(
     parts = tuple(partition_indices(data.pool.y, spec))
     for array in (data.pool.x, data.pool.y, data.test.x, data.test.y, *parts):
         array.setflags(write=False)
-    logger.info(
+    logger.debug(
         "partitioned %s pool into %d %s clients (sizes %d..%d)",
         dataset_name,
         len(parts),
