@@ -94,8 +94,9 @@ def train_locally(
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             if len(xb) == 0:
-                # Poisson sampling drew an empty batch: still a (noise-only)
-                # step, which the accountant counts like any other.
+                # Poisson sampling drew an empty batch: still a step (zero
+                # per-sample gradients, so noise only), counted like any other.
+                trained(xb).sum().backward()
                 optimizer.step()
                 steps += 1
                 continue

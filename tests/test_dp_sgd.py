@@ -99,3 +99,27 @@ def test_no_noise_without_dp():
     )
     assert result.state_dict["weight"].abs().max() == 0
     assert result.history == []
+
+
+def test_empty_poisson_batches_are_noise_only_steps():
+    """With 3 examples and sampling rate 1/3, about 30% of Poisson batches are
+    empty; each must still be one (noise-only) step, as the accountant counts."""
+    from client.privacy import plan_round
+
+    rng = np.random.default_rng(0)
+    for seed in range(10):
+        model = nn.Linear(4, 2)
+        result = train_locally(
+            model,
+            rng.random((3, 4), dtype=np.float32),
+            np.array([0, 1, 0]),
+            epochs=3,
+            batch_size=1,
+            learning_rate=0.1,
+            dp=DPStep(noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp"),
+            device=torch.device("cpu"),
+            seed=seed,
+        )
+        assert result.steps == plan_round(3, 1, 3).steps == 9
+        assert result.history == [(1.0, 1 / 3, 9)]
+        assert all(torch.isfinite(v).all() for v in result.state_dict.values())
