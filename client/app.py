@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from client.data import ClientDataFn
 from client.privacy import PrivacyLedger, compute_epsilon, noise_for_target, plan_round
 from client.training import DPStep, train_locally
+from shared_models.checkpoint import freeze
 from shared_models.config import RunConfig
 from shared_models.errors import PrivacyBudgetError
 from shared_models.evaluation import evaluate_model, resolve_device
@@ -77,6 +78,8 @@ def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -
 
         model = build_model(data.model_config)
         model.load_state_dict(state_dict_from_message(msg))
+        if cfg.frozen_prefixes:
+            freeze(model, cfg.frozen_prefixes)
         result = train_locally(
             model,
             data.x_train,

@@ -8,6 +8,7 @@ weights, the plot and the summary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from server.loop import RoundRecord, run_rounds
 from server.plots import plot_accuracy_epsilon
 from server.run_folder import PLOT_FILE, RunFolder
 from server.strategies import build_strategy
+from shared_models.checkpoint import apply_checkpoint, freeze, load_checkpoint
 from shared_models.config import RunConfig
 from shared_models.evaluation import evaluate_model
 from shared_models.registry import ModelConfig, build_model
@@ -42,6 +45,7 @@ class CentralData:
     model_config: ModelConfig
     x_test: np.ndarray
     y_test: np.ndarray
+    vocab: str | None = None  # the text tokeniser, as JSON; None for images
 
 
 CentralDataFn = Callable[[RunConfig], CentralData]
@@ -84,16 +88,17 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
     started = time.monotonic()
     random.seed(cfg.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(cfg.seed)
+    model, start_from = initial_model(cfg, central)
     folder = RunFolder.create(run_dir)
     folder.write_config(
         {
             "run": cfg.to_run_config(),
             "model": central.model_config.to_dict(),
+            "init_checkpoint": start_from,
             "flwr_version": flwr.__version__,
             "torch_version": torch.__version__,
         }
     )
-    model = build_model(central.model_config)
     label = epsilon_label(cfg)
 
     def central_evaluate(rnd: int, arrays: ArrayRecord) -> MetricRecord:
@@ -115,7 +120,9 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         evaluate_fn=central_evaluate,
         on_round=on_round,
     )
-    model_path = folder.save_model(result.arrays.to_torch_state_dict(), central.model_config)
+    model_path = folder.save_model(
+        result.arrays.to_torch_state_dict(), central.model_config, vocab=central.vocab
+    )
     plot_accuracy_epsilon(
         result.rounds,
         folder.path / PLOT_FILE,
@@ -147,6 +154,27 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
     }
     folder.write_summary(summary)
     return summary
+
+
+def initial_model(cfg: RunConfig, central: CentralData) -> tuple[nn.Module, dict | None]:
+    """The global model before round 1, and where its weights came from.
+
+    Also checks the ``freeze`` prefixes against the model, so that a typo fails
+    before any client starts.
+    """
+    model = build_model(central.model_config)
+    if cfg.frozen_prefixes:
+        freeze(build_model(central.model_config), cfg.frozen_prefixes)
+    if not cfg.init_checkpoint:
+        return model, None
+    checkpoint = load_checkpoint(Path(cfg.init_checkpoint))
+    fresh = apply_checkpoint(model, checkpoint, central.model_config, vocab=central.vocab)
+    logger.info("starting from checkpoint %s (fresh: %s)", checkpoint.path, fresh or "none")
+    return model, {
+        "path": str(checkpoint.path.resolve()),
+        "sha256": hashlib.sha256(checkpoint.path.read_bytes()).hexdigest(),
+        "not_loaded": fresh,
+    }
 
 
 def progress_line(record: RoundRecord, cfg: RunConfig, label: str | None) -> str:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from server.loop import RoundRecord
+from shared_models.checkpoint import save_checkpoint
 from shared_models.errors import ConfigError
 from shared_models.registry import ModelConfig
 
@@ -66,15 +66,14 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY_FILE, summary)
 
-    def save_model(self, state_dict: dict[str, torch.Tensor], model_config: ModelConfig) -> Path:
-        target = self.path / MODEL_FILE
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        metadata = {"model_config": json.dumps(model_config.to_dict())}
-        fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-        return target
+    def save_model(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        model_config: ModelConfig,
+        *,
+        vocab: str | None = None,
+    ) -> Path:
+        return save_checkpoint(self.path / MODEL_FILE, state_dict, model_config, vocab=vocab)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -108,6 +108,8 @@ class RunConfig:
     strategy: str = "fedavg"
     device: str = "auto"
     round_timeout: float = 600.0
+    init_checkpoint: str = ""  # a .safetensors checkpoint to start from ("": fresh weights)
+    freeze: str = ""  # comma-separated parameter-name prefixes clients do not train
     dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
@@ -138,6 +140,11 @@ class RunConfig:
             raise ConfigError(
                 f"unknown device '{self.device}'; choose one of: {', '.join(DEVICES)}"
             )
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """The ``freeze`` setting as a tuple of parameter-name prefixes."""
+        return tuple(p.strip() for p in self.freeze.split(",") if p.strip())
 
     # -- flat kebab-case view, as in pyproject.toml and context.run_config --
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import click
 import typer
 
-from server.app import epsilon_label
+from server.app import epsilon_label, initial_model
 from server.run_folder import SUMMARY_FILE, RunFolder
 from shared_models.config import DPConfig, RunConfig
 from shared_models.errors import FedprivError
@@ -69,6 +69,12 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
     ] = None,
+    init_checkpoint: Annotated[
+        str, typer.Option(help="start from this .safetensors checkpoint (e.g. from pretrain)")
+    ] = _D.init_checkpoint,
+    freeze: Annotated[
+        str, typer.Option(help="comma-separated parameter prefixes clients keep fixed, e.g. embed")
+    ] = _D.freeze,
     client_cpus: Annotated[float, typer.Option(help="CPUs per simulated client")] = 1.0,
     client_gpus: Annotated[float, typer.Option(help="GPUs per simulated client")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
@@ -95,6 +101,8 @@ def run(
         seed=seed,
         strategy=strategy,
         device=device,
+        init_checkpoint=init_checkpoint,
+        freeze=freeze,
         dp=DPConfig(
             enabled=not no_dp,
             target_epsilon=None if no_dp else target_epsilon,
@@ -133,7 +141,7 @@ def simulate(
     )
 
     _, parts = load_partitions(config)  # missing data / too many clients fail here
-    load_central_data(config)  # model/dataset mismatch fails here
+    initial_model(config, load_central_data(config))  # model/data/checkpoint/freeze errors
     folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
     sizes = sorted(len(p) for p in parts)
     logger.info(
