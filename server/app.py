@@ -111,6 +111,13 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         logger.info("%s", progress_line(record, cfg, label))
 
     logger.info("run folder: %s", folder.path)
+    if start_from is not None:
+        logger.info(
+            "starting from checkpoint %s (sha256 %.12s, freshly initialised: %s)",
+            start_from["path"],
+            start_from["sha256"],
+            start_from["not_loaded"] or "none",
+        )
     result = run_rounds(
         build_strategy(cfg),
         grid,
@@ -169,7 +176,6 @@ def initial_model(cfg: RunConfig, central: CentralData) -> tuple[nn.Module, dict
         return model, None
     checkpoint = load_checkpoint(Path(cfg.init_checkpoint))
     fresh = apply_checkpoint(model, checkpoint, central.model_config, vocab=central.vocab)
-    logger.info("starting from checkpoint %s (fresh: %s)", checkpoint.path, fresh or "none")
     return model, {
         "path": str(checkpoint.path.resolve()),
         "sha256": hashlib.sha256(checkpoint.path.read_bytes()).hexdigest(),
