@@ -51,7 +51,12 @@ class RunFolder:
                 f"output folder {path} already exists and is not empty; "
                 "choose another --out (nothing was overwritten)"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create output folder {path} ({err.strerror}); choose another --out"
+            ) from None
         return cls(path)
 
     def write_config(self, config: dict[str, Any]) -> None:

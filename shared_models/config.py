@@ -118,10 +118,10 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
-        for name in ("fraction_train", "fraction_evaluate"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1 or (name == "fraction_train" and value == 0):
-                raise ConfigError(f"{_flag(name)} must be in (0, 1], got {value}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
         for name in ("learning_rate", "dirichlet_alpha", "round_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import click
 import typer
@@ -140,6 +140,7 @@ def simulate(
         make_server_app,
     )
 
+    # Up-front checks; they log nothing, so bad input shows its error line alone.
     _, parts = load_partitions(config)  # missing data / too many clients fail here
     initial_model(config, load_central_data(config))  # model/data/checkpoint/freeze errors
     folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
@@ -204,15 +205,25 @@ def _privacy_words(config: RunConfig) -> str:
     )
 
 
+_OUR_LOGGERS = ("server", "client", "simulations")
+_HANDLER_NAME = "fedpriv-sim"
+
+
 def configure_logging(verbose: bool) -> None:
-    """Our progress lines on stderr; Flower's and Ray's own only if verbose."""
+    """Our progress lines on stderr; Flower's and Ray's own only if verbose.
+
+    Safe to call again (``main()`` in tests): our handler is replaced by one
+    on the current ``sys.stderr``, never added twice.
+    """
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("server", "client", "simulations"):
+    for name in _OUR_LOGGERS:
         log = logging.getLogger(name)
         log.setLevel(logging.INFO)
-        if not log.handlers:  # main() may run more than once in one process
-            log.addHandler(handler)
+        for old in [h for h in log.handlers if h.get_name() == _HANDLER_NAME]:
+            log.removeHandler(old)
+        log.addHandler(handler)
         log.propagate = False
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -228,14 +239,20 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.UsageError as err:
-        print(f"fedpriv-sim: error: {err.format_message()}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err.format_message(), 2)
     except click.Abort:
         print("fedpriv-sim: interrupted", file=sys.stderr)
         sys.exit(130)
     except FedprivError as err:
-        print(f"fedpriv-sim: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(err), 1)
+    except OSError as err:  # the system refused: e.g. --out under a file, no permission, disk full
+        _fail(str(err), 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` as one line (newlines folded) on stderr and exit with ``code``."""
+    print(f"fedpriv-sim: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def test_pyproject_flwr_config_lists_every_setting_at_its_default():
     [
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"fraction_train": 0.0}, "fraction-train must be in"),
-        ({"fraction_evaluate": 1.5}, "fraction-evaluate must be in"),
+        ({"fraction_evaluate": 1.5}, "fraction-evaluate must be in \\[0, 1\\]"),
         ({"learning_rate": -1.0}, "learning-rate must be > 0"),
         ({"strategy": "fedprox"}, "unknown strategy 'fedprox'"),
         ({"device": "tpu"}, "unknown device"),
