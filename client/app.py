@@ -115,7 +115,11 @@ def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -
             partition_id=data.partition_id,
             accountant=cfg.dp.accountant if cfg.dp.enabled else "none",
         )
-        return train_reply(msg, result.state_dict, report)
+        # Frozen tensors did not change: leave them out, the server keeps its own.
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        frozen = {name for name, _ in model.named_parameters()} - trainable
+        update = {k: v for k, v in result.state_dict.items() if k not in frozen}
+        return train_reply(msg, update, report)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

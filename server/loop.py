@@ -92,7 +92,8 @@ def run_rounds(
         reports = [TrainReport.from_content(m.content) for m in ok]
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
         if new_arrays is not None:
-            arrays = new_arrays
+            # Clients leave frozen tensors out of their updates: keep those as they are.
+            arrays = ArrayRecord({**arrays, **new_arrays})
         for report in reports:
             if report.dp_enabled:
                 latest_epsilon[report.partition_id] = report.epsilon

@@ -44,6 +44,15 @@ def load_partitions(cfg: RunConfig) -> tuple[FederatedData, tuple[np.ndarray, ..
 
 def model_config_for(cfg: RunConfig, data: FederatedData) -> ModelConfig:
     """The model both sides build for this run's dataset."""
+    if data.is_text:
+        if cfg.model == "cnn" or data.vocab is None:
+            raise ConfigError(f"'{cfg.dataset}' is text; use --model lstm or --model transformer")
+        return ModelConfig(
+            name=cfg.model,
+            num_classes=data.pool.num_classes,
+            vocab_size=len(data.vocab),
+            seq_len=data.seq_len,
+        )
     if cfg.model != "cnn":
         raise ConfigError(
             f"model '{cfg.model}' needs a text dataset, but '{cfg.dataset}' is images; "
@@ -83,7 +92,8 @@ def load_client_data(context: Context, cfg: RunConfig) -> ClientData:
 def load_central_data(cfg: RunConfig) -> CentralData:
     """The central test set, which no client sees."""
     data, _ = load_partitions(cfg)
-    return CentralData(model_config_for(cfg, data), data.test.x, data.test.y)
+    vocab = data.vocab.to_json() if data.vocab is not None else None
+    return CentralData(model_config_for(cfg, data), data.test.x, data.test.y, vocab)
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:

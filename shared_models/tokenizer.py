@@ -1,0 +1,191 @@
+"""Character vocabulary: text <-> int64 token ids for the LSTM and Transformer.
+
+Server and clients must map characters to the same ids, or a checkpoint means
+nothing: the vocabulary therefore travels as JSON (:meth:`CharVocab.to_json` /
+:meth:`CharVocab.from_json`), e.g. in checkpoint metadata.
+
+Ids: ``0`` is padding (:data:`PAD_ID`), ``1`` stands for any character outside
+the vocabulary (:data:`UNK_ID`), and ``2..len(vocab)-1`` are the characters, most
+frequent first.
+
+Example:
+    >>> vocab = CharVocab.build(["hello world"])
+    >>> vocab.decode(vocab.encode("hello"))
+    'hello'
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from shared_models.errors import DataError
+
+__all__ = ["PAD_ID", "UNK_ID", "UNK_CHAR", "CharVocab"]
+
+PAD_ID = 0
+UNK_ID = 1
+#: How :meth:`CharVocab.decode` shows an unknown character (U+FFFD REPLACEMENT CHARACTER).
+UNK_CHAR = "\ufffd"
+_NUM_SPECIAL = 2
+_JSON_KIND = "char-vocab"
+_JSON_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CharVocab:
+    """An ordered set of characters; character ``chars[i]`` has id ``i + 2``.
+
+    Attributes:
+        chars: distinct single characters, in id order (most frequent first when
+            made by :meth:`build`).
+    """
+
+    chars: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chars, tuple):
+            raise DataError(f"chars must be a tuple of characters, got {type(self.chars).__name__}")
+        bad = [c for c in self.chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise DataError(
+                f"every vocabulary entry must be one character, got {bad[0]!r}; "
+                f"build the vocabulary with CharVocab.build"
+            )
+        if len(set(self.chars)) != len(self.chars):
+            dup = next(c for c, n in Counter(self.chars).items() if n > 1)
+            raise DataError(f"vocabulary characters must be distinct, {dup!r} appears twice")
+
+    @classmethod
+    def build(
+        cls, texts: Iterable[str], max_size: int | None = None, min_count: int = 1
+    ) -> CharVocab:
+        """Count characters over ``texts`` and keep the most frequent ones.
+
+        Ties in frequency are broken by code point (smaller first), so equal
+        inputs always give the same vocabulary.
+
+        Args:
+            texts: the corpus, any number of strings.
+            max_size: the largest vocabulary, counting PAD and UNK (>= 3), or None
+                for no cap. Characters beyond the cap are encoded as UNK.
+            min_count: keep only characters seen at least this often (>= 1).
+
+        Raises:
+            DataError: ``max_size`` < 3 or ``min_count`` < 1.
+        """
+        if max_size is not None and max_size < _NUM_SPECIAL + 1:
+            raise DataError(f"max_size must be >= 3 (PAD, UNK and one character), got {max_size}")
+        if min_count < 1:
+            raise DataError(f"min_count must be >= 1, got {min_count}")
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text)
+        ranked = sorted(
+            (c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], ord(c))
+        )
+        if max_size is not None:
+            ranked = ranked[: max_size - _NUM_SPECIAL]
+        return cls(chars=tuple(ranked))
+
+    def __len__(self) -> int:
+        """Vocabulary size, PAD and UNK included: token ids lie in [0, len(self))."""
+        return len(self.chars) + _NUM_SPECIAL
+
+    @functools.cached_property
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted code points of the characters, and the id of each."""
+        codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        return codes[order], (order + _NUM_SPECIAL).astype(np.int64)
+
+    def encode(self, text: str, *, unknown: Literal["error", "unk"] = "error") -> np.ndarray:
+        """Map ``text`` to token ids, one per character.
+
+        Args:
+            text: any string.
+            unknown: ``"error"`` to refuse a character outside the vocabulary,
+                ``"unk"`` to map it to :data:`UNK_ID`.
+
+        Returns:
+            An int64 array of shape (len(text),), ids in [1, len(self)) (never PAD).
+
+        Raises:
+            DataError: ``unknown="error"`` and a character is not in the vocabulary
+                (the message names the first such character and its position).
+            ValueError: ``unknown`` is neither "error" nor "unk".
+        """
+        if unknown not in ("error", "unk"):
+            raise ValueError(f"unknown must be 'error' or 'unk', got {unknown!r}")
+        raw = text.encode("utf-32-le", "surrogatepass")
+        codes = np.frombuffer(raw, dtype=np.uint32).astype(np.int64)
+        sorted_codes, ids_of_sorted = self._lookup
+        if len(sorted_codes) == 0:
+            found = np.zeros(len(codes), dtype=bool)
+            ids = np.full(len(codes), UNK_ID, dtype=np.int64)
+        else:
+            pos = np.clip(np.searchsorted(sorted_codes, codes), 0, len(sorted_codes) - 1)
+            found = sorted_codes[pos] == codes
+            ids = np.where(found, ids_of_sorted[pos], UNK_ID)
+        if unknown == "error" and not found.all():
+            at = int(np.argmin(found))
+            raise DataError(
+                f"character {text[at]!r} at position {at} is not in the vocabulary "
+                f"({len(self)} ids); encode with unknown='unk' or rebuild the vocabulary"
+            )
+        return ids.astype(np.int64, copy=False)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        """Map token ids back to text: PAD is dropped, UNK shown as U+FFFD.
+
+        Raises:
+            DataError: an id is outside [0, len(self)).
+        """
+        array = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(array) and (array.min() < 0 or array.max() >= len(self)):
+            bad = int(array[(array < 0) | (array >= len(self))][0])
+            raise DataError(f"token id {bad} is outside [0, {len(self)}); wrong vocabulary?")
+        table = ("", UNK_CHAR, *self.chars)
+        return "".join(table[i] for i in array.tolist())
+
+    def to_json(self) -> str:
+        """The vocabulary as a JSON string (ASCII only); see :meth:`from_json`."""
+        return json.dumps(
+            {"kind": _JSON_KIND, "version": _JSON_VERSION, "chars": "".join(self.chars)},
+            ensure_ascii=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CharVocab:
+        """Rebuild a vocabulary from :meth:`to_json` output; ``from_json(v.to_json()) == v``.
+
+        Raises:
+            DataError: ``text`` is not a character vocabulary written by :meth:`to_json`.
+        """
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"vocabulary is not valid JSON ({exc}); was it saved by CharVocab.to_json?"
+            ) from exc
+        if (
+            not isinstance(data, dict)
+            or data.get("kind") != _JSON_KIND
+            or not isinstance(data.get("chars"), str)
+        ):
+            raise DataError(
+                f"expected a JSON object with kind {_JSON_KIND!r} and a 'chars' string, "
+                f"got {str(text)[:60]!r}; was it saved by CharVocab.to_json?"
+            )
+        if data.get("version") != _JSON_VERSION:
+            raise DataError(
+                f"vocabulary JSON version {data.get('version')!r} is not supported "
+                f"(expected {_JSON_VERSION}); upgrade fedpriv"
+            )
+        return cls(chars=tuple(data["chars"]))

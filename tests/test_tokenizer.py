@@ -1,0 +1,91 @@
+"""CharVocab: build order, encode/decode round trips, unknown characters, JSON round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared_models.errors import DataError
+from shared_models.tokenizer import PAD_ID, UNK_CHAR, UNK_ID, CharVocab
+
+TEXT = (
+    "Fellow-Citizens of the Senate and House of Representatives: In meeting you again "
+    "I feel much satisfaction -- the progress of public credit (3.5%) is witnessed!\n"
+)
+
+
+def test_build_orders_by_frequency_then_code_point() -> None:
+    vocab = CharVocab.build(["abracadabra", "c"])
+    # a:5, b:2, r:2, c:2 (tie -> code point order), d:1
+    assert vocab.chars == ("a", "b", "c", "r", "d")
+    assert len(vocab) == 7
+    assert vocab.encode("abcrd").tolist() == [2, 3, 4, 5, 6]
+
+
+def test_build_is_deterministic_and_respects_caps() -> None:
+    texts = [TEXT, TEXT.upper(), "zzz"]
+    assert CharVocab.build(texts) == CharVocab.build(list(reversed(texts)))
+    capped = CharVocab.build(texts, max_size=10)
+    assert len(capped) == 10 and capped.chars == CharVocab.build(texts).chars[:8]
+    assert "z" not in CharVocab.build(["zz", "aaa"], min_count=3).chars
+    with pytest.raises(DataError, match="max_size must be >= 3"):
+        CharVocab.build(texts, max_size=2)
+
+
+def test_encode_decode_round_trip_on_real_text() -> None:
+    vocab = CharVocab.build([TEXT])
+    ids = vocab.encode(TEXT)
+    assert ids.dtype == np.int64 and ids.shape == (len(TEXT),)
+    assert ids.min() >= 2 and ids.max() < len(vocab)
+    assert vocab.decode(ids) == TEXT
+    assert vocab.encode("").shape == (0,) and vocab.decode([]) == ""
+
+
+def test_decode_drops_pad_and_shows_unk() -> None:
+    vocab = CharVocab.build(["ab"])
+    ids = np.array([PAD_ID, PAD_ID, *vocab.encode("ab"), UNK_ID])
+    assert vocab.decode(ids) == "ab" + UNK_CHAR
+    with pytest.raises(DataError, match=r"token id 9 is outside \[0, 4\)"):
+        vocab.decode([2, 9])
+
+
+def test_unknown_character_error_names_character_and_position() -> None:
+    vocab = CharVocab.build(["hello world"])
+    with pytest.raises(DataError, match=r"character 'é' at position 4 is not in the vocabulary"):
+        vocab.encode("hellé")
+    with pytest.raises(DataError, match=r"character '\\n' at position 0"):
+        vocab.encode("\nhello")
+
+
+def test_unknown_characters_map_to_unk() -> None:
+    vocab = CharVocab.build(["hello"])
+    ids = vocab.encode("hé😀llo", unknown="unk")
+    assert ids.tolist()[1:3] == [UNK_ID, UNK_ID]
+    assert vocab.decode(ids) == f"h{UNK_CHAR}{UNK_CHAR}llo"
+    with pytest.raises(ValueError, match="unknown must be"):
+        vocab.encode("h", unknown="drop")  # type: ignore[arg-type]
+
+
+def test_json_round_trip_keeps_ids() -> None:
+    vocab = CharVocab.build([TEXT, "naïve — “quoted” 😀 \x02"])
+    text = vocab.to_json()
+    assert text.isascii()
+    again = CharVocab.from_json(text)
+    assert again == vocab and len(again) == len(vocab)
+    assert np.array_equal(again.encode(TEXT), vocab.encode(TEXT))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[1, 2]", '{"kind": "bpe", "chars": "ab"}', '{"kind": "char-vocab"}'],
+)
+def test_from_json_rejects_foreign_input(text: str) -> None:
+    with pytest.raises(DataError):
+        CharVocab.from_json(text)
+
+
+def test_vocab_validates_its_characters() -> None:
+    with pytest.raises(DataError, match="twice"):
+        CharVocab(chars=("a", "a"))
+    with pytest.raises(DataError, match="one character"):
+        CharVocab(chars=("ab",))
