@@ -431,3 +431,11 @@ def test_real_corpora_fetch_and_load(tmp_path: Path) -> None:
     assert len(records) == 10_605 + 4_200 + 5_190 + 3_708
     data = load_dataset("sotu", data_dir=tmp_path)
     assert len(data.group_names) == 43 and len(data.vocab or ()) == 100
+
+
+@pytest.mark.parametrize("text", ["", "too short"])
+def test_empty_or_tiny_client_is_refused(text):
+    from simulations.text_tasks import sotu_task
+
+    with pytest.raises(DataError, match="author 'B' has"):
+        sotu_task({"A": "hello world " * 200, "B": text})
