@@ -17,6 +17,7 @@ from flwr.serverapp import ServerApp
 
 from client.app import build_client_app
 from client.data import ClientData
+from client.local_data import DataMeta, model_config_for_data
 from server.app import CentralData, build_server_app
 from shared_models.config import RunConfig
 from shared_models.errors import ConfigError
@@ -42,28 +43,28 @@ def load_partitions(cfg: RunConfig) -> tuple[FederatedData, tuple[np.ndarray, ..
     return cached_partitions(cfg.dataset, cfg.data_dir or None, partition_spec(cfg), cfg.seed)
 
 
-def model_config_for(cfg: RunConfig, data: FederatedData) -> ModelConfig:
-    """The model both sides build for this run's dataset."""
+def data_meta(data: FederatedData) -> DataMeta:
+    """The data-folder metadata of a simulation dataset."""
     if data.is_text:
-        if cfg.model == "cnn" or data.vocab is None:
-            raise ConfigError(f"'{cfg.dataset}' is text; use --model lstm or --model transformer")
-        return ModelConfig(
-            name=cfg.model,
+        return DataMeta(
+            task="text",
+            dataset=data.name,
             num_classes=data.pool.num_classes,
-            vocab_size=len(data.vocab),
             seq_len=data.seq_len,
+            vocab=data.vocab,
         )
-    if cfg.model != "cnn":
-        raise ConfigError(
-            f"model '{cfg.model}' needs a text dataset, but '{cfg.dataset}' is images; "
-            "use --model cnn"
-        )
-    return ModelConfig(
-        name=cfg.model,
+    return DataMeta(
+        task="image",
+        dataset=data.name,
         num_classes=data.pool.num_classes,
         in_channels=data.in_channels,
         image_size=data.image_size,
     )
+
+
+def model_config_for(cfg: RunConfig, data: FederatedData) -> ModelConfig:
+    """The model both sides build for this run's dataset (as for a local data folder)."""
+    return model_config_for_data(cfg.model, data_meta(data))
 
 
 def load_client_data(context: Context, cfg: RunConfig) -> ClientData:

@@ -188,7 +188,7 @@ def simulate(
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
         time.monotonic() - started,
-        summary["test_accuracy"] or float("nan"),
+        _or_nan(summary["test_accuracy"]),
         summary["rounds_completed"],
         eps_text,
         folder.path,
@@ -196,6 +196,10 @@ def simulate(
     if summary["stopped_early"]:
         logger.warning("stopped early: %s", summary["stopped_early"])
     return summary
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _privacy_words(config: RunConfig) -> str:

@@ -1,0 +1,102 @@
+"""Write a simulation dataset as the data folders of a real deployment.
+
+:func:`export_partitions` splits a dataset exactly as ``fedpriv-sim`` does (same
+partitioning, same per-client train/held-out split, same seeds) and writes one
+client data folder per client plus the coordinator's test set, in the format of
+:mod:`client.local_data`::
+
+    <out_dir>/client-0/ ... client-<n-1>/   role "client": train.npz, val.npz
+    <out_dir>/server-test/                  role "server": test.npz (the central test set)
+
+so a newcomer can try a deployment on one machine, one folder per node.
+The coordinator's folder holds only ``test.npz``: it never trains, and no
+client example is copied to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from client.local_data import atomic_folder, write_local_data, write_test_data
+from shared_models.config import RunConfig
+from simulations.apps import VAL_FRACTION, data_meta, load_partitions
+from simulations.partition import client_split
+
+logger = logging.getLogger(__name__)
+
+SERVER_TEST_FOLDER = "server-test"
+_D = RunConfig()
+
+
+def client_folder_name(partition_id: int) -> str:
+    """Name of client ``partition_id``'s folder under the export folder."""
+    return f"client-{partition_id}"
+
+
+def export_partitions(
+    dataset: str,
+    num_clients: int,
+    out_dir: Path,
+    *,
+    partitioning: str = "iid",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    dirichlet_alpha: float = _D.dirichlet_alpha,
+    shards_per_client: int = _D.shards_per_client,
+) -> list[Path]:
+    """Write each client's partition, and the central test set, as data folders.
+
+    Client ``i`` gets the examples that simulated client ``i`` of
+    ``fedpriv-sim --dataset DATASET --clients NUM_CLIENTS --partitioning ... --seed SEED``
+    trains on (``train.npz``) and holds out (``val.npz``). All or nothing: the
+    folders are written into a temporary folder renamed to ``out_dir`` at the end.
+
+    Args:
+        dataset: one of ``simulations.datasets.DATASET_NAMES``.
+        num_clients: number of client folders (>= 1).
+        out_dir: the export folder; must not exist or be empty.
+        partitioning: ``iid`` | ``dirichlet`` | ``shards`` | ``natural`` (text only).
+        seed: seed of the pool/test split, the partitioning and the held-out split.
+        data_dir: folder of the dataset's files (default: the dataset's own default).
+        dirichlet_alpha: Dirichlet concentration (``dirichlet`` only).
+        shards_per_client: label shards per client (``shards`` only).
+
+    Returns:
+        The client folders, ``out_dir/client-<i>`` for i in 0..num_clients-1; the
+        test set is in ``out_dir/server-test`` (:data:`SERVER_TEST_FOLDER`).
+
+    Raises:
+        ConfigError: a setting is out of range (unknown dataset or scheme, ...).
+        DataError: the dataset is missing, too small for ``num_clients``, or
+            ``out_dir`` exists and is not empty.
+    """
+    out_dir = Path(out_dir)
+    config = RunConfig(
+        dataset=dataset,
+        num_clients=num_clients,
+        partitioning=partitioning,
+        dirichlet_alpha=dirichlet_alpha,
+        shards_per_client=shards_per_client,
+        seed=seed,
+        data_dir="" if data_dir is None else str(data_dir),
+    )
+    with atomic_folder(out_dir) as tmp:  # refuses a non-empty out_dir before any work
+        data, parts = load_partitions(config)
+        meta = data_meta(data)
+        for partition_id, indices in enumerate(parts):
+            # As simulations.apps.load_client_data splits each simulated client.
+            train_idx, val_idx = client_split(
+                indices, val_fraction=VAL_FRACTION, seed=config.seed + partition_id
+            )
+            write_local_data(
+                tmp / client_folder_name(partition_id),
+                data.pool.x[train_idx],
+                data.pool.y[train_idx],
+                data.pool.x[val_idx],
+                data.pool.y[val_idx],
+                meta,
+            )
+        write_test_data(tmp / SERVER_TEST_FOLDER, data.test.x, data.test.y, meta)
+    logger.debug("exported %s as %d client folders to %s", dataset, num_clients, out_dir)
+    return [out_dir / client_folder_name(i) for i in range(num_clients)]
