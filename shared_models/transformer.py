@@ -2,9 +2,9 @@
 
 Written in the spirit of nanoGPT's ``model.py``: token embedding plus a learned
 positional embedding, ``depth`` pre-LayerNorm blocks (attention, then an MLP,
-each added back through a residual), a final LayerNorm, a mean over time and a
-linear head. There is no causal mask: the model reads the whole window and
-emits one set of logits for it.
+each added back through a residual), a final LayerNorm, and a linear head on the
+last position. There is no causal mask: the last position attends to the whole
+window and emits one set of logits for it.
 
 ``torch.nn.MultiheadAttention`` computes its projections with one fused
 functional call that Opacus cannot hook, so attention uses
@@ -130,7 +130,10 @@ class TransformerClassifier(nn.Module):
         x = self.token_embed(tokens) + self.pos_embed(positions)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x).mean(dim=1))
+        # The last position, which attends to the whole window, reads it out (as the
+        # LSTM's last step does): next-character prediction depends on the most
+        # recent characters, which a mean over time would blur away.
+        return self.head(self.ln_f(x)[:, -1])
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -267,7 +267,10 @@ def pretrain(
     data_dir: Annotated[Path | None, typer.Option(help="data folder of the corpora")] = None,
     epochs: Annotated[int, typer.Option(help="passes over the pretraining windows")] = 3,
     batch_size: Annotated[int, typer.Option(help="batch size")] = 64,
-    lr: Annotated[float, typer.Option(help="SGD learning rate (momentum 0.9)")] = 1.0,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="SGD learning rate, momentum 0.9 (lstm 1.0, transformer 0.3)"),
+    ] = None,
     windows: Annotated[int, typer.Option(help="training windows taken from the corpus")] = 20_000,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:

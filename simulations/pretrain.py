@@ -31,6 +31,9 @@ from simulations.text_tasks import next_char_windows, window_starts
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_LEARNING_RATES = {"lstm": 1.0, "transformer": 0.3}
+
+
 @dataclass(frozen=True)
 class PretrainResult:
     """Where the checkpoint went and how well it predicts held-out Brown text."""
@@ -51,7 +54,7 @@ def pretrain(
     data_dir: Path | None = None,
     epochs: int = 3,
     batch_size: int = 64,
-    learning_rate: float = 1.0,
+    learning_rate: float | None = None,
     max_windows: int = 20_000,
     seed: int = 0,
     device: str = "auto",
@@ -64,7 +67,13 @@ def pretrain(
             gives the vocabulary, the sequence length and the model's size.
         out: the ``.safetensors`` checkpoint to write (refused if it exists).
         max_windows: evenly spaced training windows taken from the corpus.
+        learning_rate: SGD (momentum 0.9); ``None`` takes the model's default
+            (``DEFAULT_LEARNING_RATES``: the Transformer diverges at the LSTM's 1.0).
     """
+    if learning_rate is None:
+        learning_rate = DEFAULT_LEARNING_RATES.get(model, 1.0)
+    if not learning_rate > 0:
+        raise ConfigError(f"learning rate must be > 0, got {learning_rate}")
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another --out (nothing was overwritten)")
     for name, value in (("epochs", epochs), ("batch size", batch_size), ("windows", max_windows)):
