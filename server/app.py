@@ -55,7 +55,7 @@ def epsilon_label(config: RunConfig) -> str | None:
     """How every epsilon of this run is labelled; ``None`` without DP."""
     if not config.dp.enabled:
         return None
-    return f"cumulative, δ={config.dp.delta:g}, {config.dp.accountant.upper()}"
+    return f"example-level, cumulative, δ={config.dp.delta:g}, {config.dp.accountant.upper()}"
 
 
 def build_server_app(

@@ -183,7 +183,7 @@ def simulate(
         "no DP"
         if eps is None
         else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
-        f"[{epsilon_label(config)}, example-level DP]"
+        f"[{epsilon_label(config)}]"
     )
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",

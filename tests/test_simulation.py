@@ -56,7 +56,9 @@ def test_default_run_learns_under_dp_within_budget(tmp_path):
     assert "RDP" in privacy["accountant"] and "cumulative" in privacy["guarantee"]
     # progress: one line per round with the cumulative epsilon and its delta
     lines = [line for line in stderr.splitlines() if line.startswith("round ")]
-    assert len(lines) == 20 and all("cumulative, δ=1e-05, RDP" in line for line in lines)
+    assert len(lines) == 20 and all(
+        "example-level, cumulative, δ=1e-05, RDP" in line for line in lines
+    )
     # cumulative epsilon never falls; every client's ledger re-composes with Google's library
     eps = [m["epsilon_max"] for m in metrics]
     assert eps == sorted(eps)

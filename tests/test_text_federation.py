@@ -54,7 +54,9 @@ def test_transformer_on_sentiment_reports_accuracy_and_cumulative_epsilon(corpor
         str(out),
     )
     lines = [line for line in proc.stderr.splitlines() if line.startswith("round ")]
-    assert len(lines) == 2 and all("cumulative, δ=1e-05, RDP" in line for line in lines)
+    assert len(lines) == 2 and all(
+        "example-level, cumulative, δ=1e-05, RDP" in line for line in lines
+    )
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= m["test_accuracy"] <= 1.0 for m in metrics)
     assert metrics[0]["epsilon_max"] < metrics[1]["epsilon_max"] <= 8.0
