@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import click
 import typer
 
 from client.local_data import DataSummary, SplitSummary, check_data
+from shared_models.cli import run_command
 from shared_models.config import RunConfig
-from shared_models.errors import FedprivError
 
 PROG = "fedpriv-client"
 logger = logging.getLogger("client.cli")
@@ -133,27 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     configure_logging()
     command = typer.main.get_command(app)
-    try:
-        command.main(args=args, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:  # bare `fedpriv-client`: help shown, exit 2
-        sys.exit(2)
-    except click.exceptions.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except click.UsageError as err:
-        _fail(err.format_message(), 2)
-    except click.Abort:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except FedprivError as err:
-        _fail(str(err), 1)
-    except OSError as err:  # the system refused: no permission, disk full, ...
-        _fail(str(err), 1)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    """Print ``message`` as one line (newlines folded) on stderr and exit with ``code``."""
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(code)
+    run_command(command, args, PROG)
 
 
 if __name__ == "__main__":

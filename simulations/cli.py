@@ -13,13 +13,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import click
 import typer
 
 from server.app import epsilon_label, initial_model
 from server.run_folder import SUMMARY_FILE, RunFolder
+from shared_models.cli import run_command
 from shared_models.config import DPConfig, RunConfig
 from shared_models.errors import FedprivError
 
@@ -182,8 +182,7 @@ def simulate(
     eps_text = (
         "no DP"
         if eps is None
-        else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
-        f"[{epsilon_label(config)}]"
+        else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} [{epsilon_label(config)}]"
     )
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
@@ -312,25 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in SUBCOMMANDS:
         prog, typer_app, args = f"fedpriv-sim {args[0]}", SUBCOMMANDS[args[0]], args[1:]
     command = typer.main.get_command(typer_app)
-    try:
-        command.main(args=args, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except click.UsageError as err:
-        _fail(err.format_message(), 2)
-    except click.Abort:
-        print("fedpriv-sim: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except FedprivError as err:
-        _fail(str(err), 1)
-    except OSError as err:  # the system refused: e.g. --out under a file, no permission, disk full
-        _fail(str(err), 1)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    """Print ``message`` as one line (newlines folded) on stderr and exit with ``code``."""
-    print(f"fedpriv-sim: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(code)
+    run_command(command, args, prog)
 
 
 if __name__ == "__main__":

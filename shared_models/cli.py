@@ -1,0 +1,40 @@
+"""How every fedpriv command turns input mistakes into one line and an exit code.
+
+Shared by ``fedpriv-sim``, ``fedpriv-server`` and ``fedpriv-client``: a
+malformed command line exits 2, a bad setting or bad data exits 1, and either
+prints exactly one line, ``PROG: error: ...``, on stderr (no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from shared_models.errors import FedprivError
+
+
+def run_command(command: click.Command, args: list[str], prog: str) -> None:
+    """Run a click/typer command; map every input mistake to one line and an exit code."""
+    try:
+        command.main(args=args, prog_name=prog, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed: no error line to add
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.UsageError as err:
+        fail(prog, err.format_message(), 2)
+    except click.Abort:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except FedprivError as err:
+        fail(prog, str(err), 1)
+    except OSError as err:  # the system refused: a folder under a file, no permission, disk full
+        fail(prog, str(err), 1)
+
+
+def fail(prog: str, message: str, code: int) -> NoReturn:
+    """Print ``message`` as one line (newlines folded) on stderr and exit with ``code``."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
