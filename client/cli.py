@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from client.local_data import DataSummary, SplitSummary, check_data
-from shared_models.cli import run_command
+from shared_models.cli import run_command, show_progress
 from shared_models.config import RunConfig
 
 PROG = "fedpriv-client"
@@ -112,25 +112,10 @@ def _split_line(split: SplitSummary) -> str:
     return f"{split.examples:>7} examples, {present}/{len(counts)} classes present ({per_class})"
 
 
-def configure_logging() -> None:
-    """Our log lines on stderr, as bare messages; Flower's only from ERROR up."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.set_name(PROG)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("client", "simulations"):
-        log = logging.getLogger(name)
-        log.setLevel(logging.INFO)
-        for old in [h for h in log.handlers if h.get_name() == PROG]:
-            log.removeHandler(old)
-        log.addHandler(handler)
-        log.propagate = False
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line of error and a non-zero exit on bad input."""
     args = sys.argv[1:] if argv is None else argv
-    configure_logging()
+    show_progress(PROG, ("client", "simulations"))
     command = typer.main.get_command(app)
     run_command(command, args, PROG)
 

@@ -7,12 +7,35 @@ prints exactly one line, ``PROG: error: ...``, on stderr (no traceback).
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterable
 from typing import NoReturn
 
 import click
 
 from shared_models.errors import FedprivError
+
+
+def show_progress(prog: str, loggers: Iterable[str], *, quiet_flower: bool = True) -> None:
+    """Send these loggers' INFO lines to stderr as bare messages.
+
+    Safe to call again (``main()`` in tests): the handler named ``prog`` is
+    replaced by one on the current ``sys.stderr``, never added twice. Flower's
+    own logs are kept to errors unless ``quiet_flower`` is False.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(prog)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in loggers:
+        log = logging.getLogger(name)
+        log.setLevel(logging.INFO)
+        for old in [h for h in log.handlers if h.get_name() == prog]:
+            log.removeHandler(old)
+        log.addHandler(handler)
+        log.propagate = False
+    if quiet_flower:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def run_command(command: click.Command, args: list[str], prog: str) -> None:

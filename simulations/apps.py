@@ -38,6 +38,13 @@ def partition_spec(cfg: RunConfig) -> PartitionSpec:
     )
 
 
+def split_client(
+    cfg: RunConfig, indices: np.ndarray, partition_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A client's train and held-out indices: the one rule for simulations and exports."""
+    return client_split(indices, val_fraction=VAL_FRACTION, seed=cfg.seed + partition_id)
+
+
 def load_partitions(cfg: RunConfig) -> tuple[FederatedData, tuple[np.ndarray, ...]]:
     """The dataset and every client's indices into its pool (cached per process)."""
     return cached_partitions(cfg.dataset, cfg.data_dir or None, partition_spec(cfg), cfg.seed)
@@ -77,9 +84,7 @@ def load_client_data(context: Context, cfg: RunConfig) -> ClientData:
             "make them equal"
         )
     data, parts = load_partitions(cfg)
-    train_idx, val_idx = client_split(
-        parts[partition_id], val_fraction=VAL_FRACTION, seed=cfg.seed + partition_id
-    )
+    train_idx, val_idx = split_client(cfg, parts[partition_id], partition_id)
     return ClientData(
         partition_id=partition_id,
         x_train=data.pool.x[train_idx],

@@ -19,7 +19,7 @@ import typer
 
 from server.app import epsilon_label, initial_model
 from server.run_folder import SUMMARY_FILE, RunFolder
-from shared_models.cli import run_command
+from shared_models.cli import run_command, show_progress
 from shared_models.config import DPConfig, RunConfig
 from shared_models.errors import FedprivError
 
@@ -213,27 +213,11 @@ def _privacy_words(config: RunConfig) -> str:
 
 
 _OUR_LOGGERS = ("server", "client", "simulations")
-_HANDLER_NAME = "fedpriv-sim"
 
 
 def configure_logging(verbose: bool) -> None:
-    """Our progress lines on stderr; Flower's and Ray's own only if verbose.
-
-    Safe to call again (``main()`` in tests): our handler is replaced by one
-    on the current ``sys.stderr``, never added twice.
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in _OUR_LOGGERS:
-        log = logging.getLogger(name)
-        log.setLevel(logging.INFO)
-        for old in [h for h in log.handlers if h.get_name() == _HANDLER_NAME]:
-            log.removeHandler(old)
-        log.addHandler(handler)
-        log.propagate = False
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
+    """Our progress lines on stderr; Flower's and Ray's own only if verbose."""
+    show_progress("fedpriv-sim", _OUR_LOGGERS, quiet_flower=not verbose)
 
 
 data_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from client.local_data import atomic_folder, write_local_data, write_test_data
 from shared_models.config import RunConfig
-from simulations.apps import VAL_FRACTION, data_meta, load_partitions
-from simulations.partition import client_split
+from simulations.apps import data_meta, load_partitions, split_client
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +84,7 @@ def export_partitions(
         data, parts = load_partitions(config)
         meta = data_meta(data)
         for partition_id, indices in enumerate(parts):
-            # As simulations.apps.load_client_data splits each simulated client.
-            train_idx, val_idx = client_split(
-                indices, val_fraction=VAL_FRACTION, seed=config.seed + partition_id
-            )
+            train_idx, val_idx = split_client(config, indices, partition_id)
             write_local_data(
                 tmp / client_folder_name(partition_id),
                 data.pool.x[train_idx],
