@@ -11,11 +11,14 @@ reports loss and accuracy on the node's held-out split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from client.data import ClientDataFn
+from client.data import ClientData, ClientDataFn
+from client.local_data import load_local_data
 from client.privacy import PrivacyLedger, compute_epsilon, noise_for_target, plan_round
 from client.training import DPStep, train_locally
 from shared_models.checkpoint import freeze
@@ -25,6 +28,7 @@ from shared_models.evaluation import evaluate_model, resolve_device
 from shared_models.messages import (
     DECLINED_BUDGET,
     EvalReport,
+    MessageFormatError,
     TrainReport,
     evaluate_reply,
     server_round,
@@ -36,6 +40,12 @@ from shared_models.registry import build_model
 logger = logging.getLogger(__name__)
 
 LEDGER_STATE_KEY = "privacy-ledger"
+#: The SuperNode's ``--node-config`` key naming its local data folder (a deployment).
+NODE_DATA_PATH = "data-path"
+#: Optional ``--node-config`` key: the number this node goes by in reports.
+NODE_PARTITION_ID = "partition-id"
+#: Optional ``--node-config`` key: this node's device (auto | cpu | cuda), over the run's.
+NODE_DEVICE = "device"
 
 
 def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -> ClientApp:
@@ -77,7 +87,7 @@ def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -
             dp_step = DPStep(ledger.noise_multiplier, cfg.dp.max_grad_norm, cfg.dp.accountant)
 
         model = build_model(data.model_config)
-        model.load_state_dict(state_dict_from_message(msg))
+        _load_global(model, msg)
         if cfg.frozen_prefixes:
             freeze(model, cfg.frozen_prefixes)
         result = train_locally(
@@ -89,7 +99,7 @@ def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -
             learning_rate=cfg.learning_rate,
             momentum=cfg.momentum,
             dp=dp_step,
-            device=resolve_device(cfg.device),
+            device=node_device(context, cfg),
             seed=cfg.seed * 1_000_003 + data.partition_id * 1009 + rnd,
         )
         if ledger is not None and dp_step is not None:
@@ -126,13 +136,51 @@ def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -
         cfg = run_config(context)
         data = load_data(context, cfg)
         model = build_model(data.model_config)
-        model.load_state_dict(state_dict_from_message(msg))
+        _load_global(model, msg)
         loss, accuracy = evaluate_model(
-            model, data.x_val, data.y_val, device=resolve_device(cfg.device)
+            model, data.x_val, data.y_val, device=node_device(context, cfg)
         )
         return evaluate_reply(msg, EvalReport(len(data.x_val), loss, accuracy))
 
     return app
+
+
+def _load_global(model: torch.nn.Module, msg: Message) -> None:
+    """Load the server's weights; a shape mismatch means the two sides disagree on the task."""
+    try:
+        model.load_state_dict(state_dict_from_message(msg))
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+        raise MessageFormatError(
+            "the global model does not fit this node's data (a different task, number of "
+            f"classes, input shape or vocabulary than the coordinator's): {first}"
+        ) from None
+
+
+def node_device(context: Context, cfg: RunConfig) -> torch.device:
+    """The device this node trains on: its own ``device`` node config, else the run's."""
+    return resolve_device(str(context.node_config.get(NODE_DEVICE, cfg.device)))
+
+
+def load_node_data(context: Context, cfg: RunConfig) -> ClientData:
+    """This node's data: its local data folder in a deployment, else its simulated partition.
+
+    A deployed SuperNode names its folder with ``--node-config 'data-path="DIR"'``
+    (``fedpriv-client start`` does this) and goes by its ``partition-id`` there,
+    or by its Flower node id (mod 2**31) in reports. Simulated nodes
+    (``flwr run .``) have only ``partition-id`` and ``num-partitions``.
+    """
+    node_config = context.node_config
+    if NODE_DATA_PATH not in node_config:
+        from simulations.apps import load_client_data  # late: simulation only
+
+        return load_client_data(context, cfg)
+    partition_id = node_config.get(NODE_PARTITION_ID, context.node_id % 2**31)
+    return load_local_data(
+        Path(str(node_config[NODE_DATA_PATH])),
+        partition_id=int(partition_id),  # type: ignore[arg-type]
+        model=cfg.model,
+    )
 
 
 def _load_ledger(context: Context, cfg: RunConfig) -> PrivacyLedger | None:
@@ -149,3 +197,7 @@ def _load_ledger(context: Context, cfg: RunConfig) -> PrivacyLedger | None:
 
 def _save_ledger(context: Context, ledger: PrivacyLedger) -> None:
     context.state[LEDGER_STATE_KEY] = ledger.to_config_record()
+
+
+# What `flwr run` and `fedpriv-client start` run (`[tool.flwr.app.components]`).
+app = build_client_app(load_node_data)

@@ -2,6 +2,9 @@
 
 Subcommands:
 
+* ``start --server HOST:PORT --data DIR --ca CA.crt --key NODE.key``: run this
+  node (a Flower SuperNode) against a coordinator, training on ``DIR``
+  (:mod:`client.node`).
 * ``check-data DIR``: validate a local data folder (:mod:`client.local_data`) and
   print what it holds.
 * ``export-demo-data --dataset digits --clients 3 OUT``: write a simulation
@@ -83,8 +86,61 @@ def export_demo_data(
     typer.echo(f"check a folder with: {PROG} check-data {folders[0]}")
 
 
-# `fedpriv-client start` (run this node against a coordinator, training on a data
-# folder) goes here, as one more @app.command.
+@app.command(
+    help="Run this node against a coordinator, training on a local data folder. The folder, "
+    "certificate and key are checked before connecting; the node reconnects by itself when "
+    "the coordinator restarts."
+)
+def start(
+    server: Annotated[str, typer.Option(help="the coordinator's HOST:PORT")],
+    data: Annotated[Path, typer.Option(help="this node's data folder (fedpriv-data.json)")],
+    ca: Annotated[
+        Path | None, typer.Option(help="the deployment's CA certificate (ca.crt)")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="this node's private key (node-K.key)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="plaintext, no node key: an --insecure coordinator only"),
+    ] = False,
+    runtime_port: Annotated[
+        int, typer.Option(help="the SuperNode's local API port (0: pick a free one)")
+    ] = 0,
+    flwr_home: Annotated[
+        Path | None, typer.Option(help="the SuperNode's FLWR_HOME (default: Flower's)")
+    ] = None,
+    max_wait: Annotated[
+        float,
+        typer.Option(help="give up after this many seconds without the coordinator (0: never)"),
+    ] = 0.0,
+) -> None:
+    # Import late: check-data should not pay for Flower's process machinery.
+    from client.node import NodeSettings, check_node, run_node
+    from shared_models.processes import exit_on_termination
+
+    settings = NodeSettings(
+        server=server,
+        data=data,
+        ca=ca,
+        key=key,
+        device=device,
+        insecure=insecure,
+        runtime_port=runtime_port,
+        flwr_home=flwr_home,
+        max_wait=max_wait,
+    )
+    summary = check_node(settings)
+    train = summary.splits[0]
+    logger.info(
+        "%s: %s, %d training examples; connecting to %s (%s)",
+        data,
+        summary.meta.dataset,
+        train.examples,
+        server,
+        "INSECURE: plaintext, no node key" if insecure else f"TLS, trusting {ca}, key {key}",
+    )
+    exit_on_termination()
+    run_node(settings, on_line=lambda line: typer.echo(line, err=True))
 
 
 def format_summary(summary: DataSummary) -> str:

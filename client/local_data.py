@@ -17,14 +17,18 @@ JSON file saying what they are. Format version 1::
      "num_classes": 10,          # >= 2; labels lie in [0, num_classes)
      "in_channels": 1, "image_size": 8}               # task "image" only
     # task "text" has instead:
-    #  "seq_len": 100, "vocab": {"kind": "char-vocab", "version": 1, "chars": "..."}
-    # (the vocabulary object written by shared_models.tokenizer.CharVocab.to_json)
+    #  "seq_len": 40, "vocab": {"kind": "word-vocab", "version": 1, "words": ["the", ...]}
+    #  or, character level: "vocab": {"kind": "char-vocab", "version": 1, "chars": "..."}
+    # (the vocabulary object written by shared_models.tokenizer.WordVocab/CharVocab.to_json)
 
 Arrays of every split:
 
 * ``x``: task image: float32 of shape (N, in_channels, image_size, image_size),
   finite pixel values in [0, 1]; task text: int64 token ids of shape (N, seq_len),
-  each in [0, len(vocab)) (0 is padding).
+  each in [0, len(vocab)) (0 is padding). The vocabulary kind says what the model
+  reads out: a word vocabulary means sentence classification (sentences
+  right-padded, the model averages over non-PAD positions), a character
+  vocabulary next-character prediction (the model reads the last position).
 * ``y``: int64 class labels of shape (N,), each in [0, num_classes).
 * N >= 1 in every split.
 
@@ -53,7 +57,7 @@ import numpy as np
 from client.data import ClientData
 from shared_models.errors import ConfigError, DataError
 from shared_models.registry import ModelConfig
-from shared_models.tokenizer import CharVocab
+from shared_models.tokenizer import CharVocab, Vocab, WordVocab, vocab_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +85,8 @@ class DataMeta:
         in_channels: image only: channels per image (>= 1); 0 for text.
         image_size: image only: height = width of the images, in pixels (>= 1); 0 for text.
         seq_len: text only: tokens per example (>= 1); 0 for images.
-        vocab: text only: the character vocabulary of the token ids; None for images.
+        vocab: text only: the vocabulary of the token ids (a ``WordVocab`` or a
+            ``CharVocab``); None for images.
 
     Raises:
         DataError: a field is missing for its task, set for the other task, or out of range.
@@ -93,7 +98,7 @@ class DataMeta:
     in_channels: int = 0
     image_size: int = 0
     seq_len: int = 0
-    vocab: CharVocab | None = None
+    vocab: Vocab | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -107,8 +112,10 @@ class DataMeta:
         _check_int("seq_len", self.seq_len, 0 if image else 1, exactly=0 if image else None)
         if image and self.vocab is not None:
             raise DataError("an image task has no vocab; leave it out")
-        if not image and not isinstance(self.vocab, CharVocab):
-            raise DataError(f"a text task needs its CharVocab as vocab, got {self.vocab!r}")
+        if not image and not isinstance(self.vocab, CharVocab | WordVocab):
+            raise DataError(
+                f"a text task needs its CharVocab or WordVocab as vocab, got {self.vocab!r}"
+            )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -175,10 +182,7 @@ def read_local_data(path: Path) -> LocalData:
         DataError: anything in the folder departs from the format; the one-line
             message names the file, what was expected, what was seen and what to do.
     """
-    path = Path(path)
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise DataError(f"data folder {path} {what}; {_FIX}")
+    path = _existing_folder(path)
     meta, role = _read_meta(path / META_FILE)
     splits = {}
     for split in ROLE_SPLITS[role]:
@@ -242,8 +246,47 @@ def load_local_data(path: Path, *, partition_id: int, model: str) -> ClientData:
     )
 
 
+def load_test_data(
+    path: Path, *, model: str
+) -> tuple[ModelConfig, np.ndarray, np.ndarray, str | None]:
+    """The coordinator's test-set folder: the model config it implies, inputs, labels
+    and (text only) the vocabulary as JSON, as stored with the final model.
+
+    Raises:
+        DataError: the folder is invalid, or is a client's folder.
+        ConfigError: ``model`` does not suit the folder's task.
+    """
+    data = read_local_data(path)
+    if data.role != "server":
+        raise DataError(
+            f"{data.path} is a client's data folder (role {data.role!r} in {META_FILE}), not the "
+            "coordinator's test set; point --test-data at the server-test folder"
+        )
+    x, y = data.splits["test"]
+    vocab = data.meta.vocab.to_json() if data.meta.vocab is not None else None
+    return model_config_for_data(model, data.meta), x, y, vocab
+
+
+def read_meta(path: Path) -> DataMeta:
+    """Only the metadata of a data folder (its ``fedpriv-data.json``), validated."""
+    return _read_meta(_existing_folder(path) / META_FILE)[0]
+
+
+def _existing_folder(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"data folder {path} {what}; {_FIX}")
+    return path
+
+
 def model_config_for_data(model: str, meta: DataMeta) -> ModelConfig:
     """The model both sides build for a task (a data folder's or a simulation's).
+
+    Text: a word vocabulary is sentence classification, so the sequence models
+    average over the non-PAD positions (``pooling="mean"``); a character
+    vocabulary is next-character prediction, read at the last position
+    (``pooling="last"``).
 
     Raises:
         ConfigError: ``model`` is unknown or does not suit the task.
@@ -257,6 +300,7 @@ def model_config_for_data(model: str, meta: DataMeta) -> ModelConfig:
             num_classes=meta.num_classes,
             vocab_size=len(meta.vocab),
             seq_len=meta.seq_len,
+            pooling="mean" if isinstance(meta.vocab, WordVocab) else "last",
         )
     if model != "cnn":
         raise ConfigError(
@@ -388,7 +432,7 @@ def _read_meta(file: Path) -> tuple[DataMeta, str]:
     try:
         vocab = None
         if task == "text":
-            vocab = CharVocab.from_json(json.dumps(raw["vocab"]))
+            vocab = vocab_from_json(json.dumps(raw["vocab"]))
         fields = {k: raw[k] for k in ("in_channels", "image_size", "seq_len") if k in raw}
         meta = DataMeta(
             task=task,

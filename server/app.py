@@ -24,12 +24,14 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
+from client.local_data import load_test_data
 from server.loop import RoundRecord, run_rounds
 from server.plots import plot_accuracy_epsilon
 from server.run_folder import PLOT_FILE, RunFolder
 from server.strategies import build_strategy
 from shared_models.checkpoint import apply_checkpoint, freeze, load_checkpoint
 from shared_models.config import RunConfig
+from shared_models.errors import FederationError
 from shared_models.evaluation import evaluate_model
 from shared_models.registry import ModelConfig, build_model
 
@@ -51,6 +53,21 @@ class CentralData:
 CentralDataFn = Callable[[RunConfig], CentralData]
 
 
+def load_central_data(cfg: RunConfig) -> CentralData:
+    """The test set only the coordinator holds.
+
+    In a deployment, the ``test-data`` folder (role ``server``, written by
+    ``fedpriv-client export-demo-data`` or ``client.local_data.write_test_data``);
+    otherwise (``flwr run .`` in simulation) the simulated dataset's test split.
+    """
+    if not cfg.test_data:
+        from simulations.apps import load_central_data as simulated  # late: simulation only
+
+        return simulated(cfg)
+    model_config, x_test, y_test, vocab = load_test_data(Path(cfg.test_data), model=cfg.model)
+    return CentralData(model_config, x_test, y_test, vocab)
+
+
 def epsilon_label(config: RunConfig) -> str | None:
     """How every epsilon of this run is labelled; ``None`` without DP."""
     if not config.dp.enabled:
@@ -68,8 +85,8 @@ def build_server_app(
     Args:
         load_central: gives the central test set and the model config.
         config: the run's settings; ``None`` reads ``context.run_config``.
-        run_dir: where to write the run folder; ``None`` makes
-            ``./runs/<timestamp>-<model>-<dataset>``.
+        run_dir: where to write the run folder; ``None`` takes the ``run-dir``
+            setting, or makes ``./runs/<timestamp>-<model>-<dataset>``.
     """
     app = ServerApp()
 
@@ -78,7 +95,8 @@ def build_server_app(
         if config is None:  # started by Flower (`flwr run`): this is the entry point
             _show_progress()
         cfg = config if config is not None else RunConfig.from_run_config(context.run_config)
-        run_federation(grid, cfg, load_central(cfg), run_dir or _default_run_dir(cfg))
+        where = run_dir or (Path(cfg.run_dir) if cfg.run_dir else _default_run_dir(cfg))
+        run_federation(grid, cfg, load_central(cfg), where)
 
     return app
 
@@ -124,6 +142,8 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=cfg.rounds,
         timeout=cfg.round_timeout,
+        expected_nodes=cfg.num_clients,
+        min_nodes=cfg.min_available_nodes,
         evaluate_fn=central_evaluate,
         on_round=on_round,
     )
@@ -141,6 +161,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         "rounds_planned": cfg.rounds,
         "rounds_completed": sum(1 for r in result.rounds if r.trained > 0),
         "stopped_early": result.stopped_early,
+        "failed": result.failed,
         "test_accuracy": last.test_accuracy if last else None,
         "test_loss": last.test_loss if last else None,
         "privacy": {
@@ -160,6 +181,8 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         "run_dir": str(folder.path),
     }
     folder.write_summary(summary)
+    if result.failed:  # saved first: the run's status must say it failed
+        raise FederationError(f"{result.stopped_early}; run folder {folder.path}")
     return summary
 
 
@@ -214,3 +237,7 @@ def _show_progress() -> None:
 def _default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{cfg.model}-{cfg.dataset}"
+
+
+# What `flwr run` and `fedpriv-server start` run (`[tool.flwr.app.components]`).
+app = build_server_app(load_central_data)

@@ -2,6 +2,8 @@
 
 ``fedpriv-server init DIR`` makes the deployment folder: a private CA, the SuperLink's
 TLS certificate and one key pair per SuperNode (see :mod:`server.certs`).
+``fedpriv-server start DIR --test-data FOLDER`` starts the SuperLink from that folder
+and runs one federation on the nodes that connect (see :mod:`server.deploy`).
 
 Every input mistake ends in one line on stderr and a non-zero exit code: 2 for a
 malformed command line, 1 for a bad setting, an existing file or a refused write.
@@ -11,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from server.certs import CA_CERT, CA_KEY, NODES_DIR, SERVER_CERT, SERVER_KEY, init_deployment
+from shared_models import cli as opt
 from shared_models.cli import run_command
+from shared_models.config import DPConfig, RunConfig
 
 PROG = "fedpriv-server"
 
@@ -90,13 +95,134 @@ def init(
     )
 
 
-# `fedpriv-server start DIR` (the SuperLink and ServerApp from a deployment folder) goes
-# here, as another @app.command(); it can find its files with server.certs.describe(DIR).
+_D = RunConfig()
+
+
+@app.command(
+    help="Start the coordinator: a SuperLink with TLS and node authentication, then run "
+    "the federation on the nodes that connect, and write the run folder. Exits 0 only when "
+    "the run completed."
+)
+def start(
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="deployment folder made by fedpriv-server init")
+    ],
+    test_data: Annotated[
+        Path,
+        typer.Option(
+            help="the coordinator's test-set data folder (role server), e.g. "
+            "server-test from fedpriv-client export-demo-data"
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on; 0.0.0.0 accepts nodes on other machines")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the SuperLink's one port (all APIs)")] = 8000,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="plaintext and no node authentication (experiments only)"),
+    ] = False,
+    model: opt.Model = _D.model,
+    nodes: Annotated[
+        int, typer.Option(help="nodes the run waits for before round 1 (up to --round-timeout)")
+    ] = 2,
+    min_nodes: Annotated[
+        int, typer.Option(help="fewest connected nodes a round may start with (default --nodes)")
+    ] = 0,
+    rounds: opt.Rounds = _D.rounds,
+    round_timeout: Annotated[
+        float, typer.Option(help="seconds a round (or the wait for nodes) may take")
+    ] = _D.round_timeout,
+    fraction: opt.Fraction = _D.fraction_train,
+    fraction_evaluate: opt.FractionEvaluate = _D.fraction_evaluate,
+    local_epochs: opt.LocalEpochs = _D.local_epochs,
+    batch_size: opt.BatchSize = _D.batch_size,
+    lr: opt.LearningRate = _D.learning_rate,
+    momentum: opt.Momentum = _D.momentum,
+    strategy: opt.Strategy = _D.strategy,
+    seed: Annotated[int, typer.Option(help="seed of sampling and noise")] = _D.seed,
+    target_epsilon: opt.TargetEpsilon = None,
+    no_dp: opt.NoDP = False,
+    max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
+    delta: opt.Delta = _D.dp.delta,
+    accountant: opt.Accountant = _D.dp.accountant,
+    init_checkpoint: opt.InitCheckpoint = _D.init_checkpoint,
+    freeze: opt.Freeze = _D.freeze,
+) -> None:
+    # Import late: `init` should not pay for torch.
+    from client.local_data import read_meta
+    from server.app import initial_model, load_central_data
+    from server.deploy import Coordinator, start_coordinator
+    from server.run_folder import RunFolder
+    from shared_models.processes import exit_on_termination
+
+    test_data = test_data.expanduser().resolve()
+    config = RunConfig(
+        model=model,
+        dataset=read_meta(test_data).dataset,
+        num_clients=nodes,
+        min_nodes=min_nodes,
+        rounds=rounds,
+        round_timeout=round_timeout,
+        fraction_train=fraction,
+        fraction_evaluate=fraction_evaluate,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        strategy=strategy,
+        seed=seed,
+        init_checkpoint=str(Path(init_checkpoint).resolve()) if init_checkpoint else "",
+        freeze=freeze,
+        test_data=str(test_data),
+        dp=DPConfig.from_flags(
+            no_dp=no_dp,
+            target_epsilon=target_epsilon,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            accountant=accountant,
+        ),
+    )
+    coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
+    # Up-front checks: test data, model, checkpoint and run folder, before any process starts.
+    initial_model(config, load_central_data(config))
+    run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{config.dataset}"
+    folder = RunFolder.create(run_dir)
+    if insecure:
+        typer.echo(
+            f"{PROG}: WARNING: --insecure: no TLS and no node authentication. Anyone who can "
+            "reach the port can read the model updates and join as a node. Experiments only.",
+            err=True,
+        )
+    exit_on_termination()
+    summary = start_coordinator(
+        config, coordinator, folder.path, lambda line: typer.echo(line, err=True)
+    )
+    privacy = summary["privacy"]
+    eps = privacy["epsilon_max"]
+    eps_text = (
+        "no DP"
+        if eps is None
+        else (
+            f"node ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
+            f"[example-level, cumulative, δ={privacy['delta']:g}, {accountant.upper()}]"
+        )
+    )
+    acc = summary["test_accuracy"]
+    typer.echo(
+        f"run {summary['flower_run_id']} completed: {summary['rounds_completed']} round(s), "
+        f"test accuracy {'n/a' if acc is None else f'{acc:.3f}'}; {eps_text}. "
+        f"Run folder: {folder.path}"
+    )
 
 
 def configure_logging() -> None:
     """Warnings and errors of fedpriv on stderr; the command's own output goes to stdout."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:

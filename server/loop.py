@@ -60,9 +60,34 @@ class RoundRecord:
 
 @dataclass
 class LoopResult:
+    """The final weights and every round's record.
+
+    ``stopped_early`` says why the run ended before its last round; ``failed``
+    is true when that reason is a failure (too few nodes), not a clean stop
+    (every budget spent).
+    """
+
     arrays: ArrayRecord
     rounds: list[RoundRecord]
     stopped_early: str | None = None
+    failed: bool = False
+
+
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float, *, poll: float = 1.0) -> int:
+    """Wait up to ``timeout`` seconds for ``wanted`` connected nodes; return how many there are.
+
+    Flower's own sampling waits for its minimum forever; this bounds the wait.
+    """
+    deadline = time.monotonic() + timeout
+    last_logged = -1
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected >= wanted or time.monotonic() >= deadline:
+            return connected
+        if connected != last_logged:
+            logger.info("waiting for nodes: %d of %d connected", connected, wanted)
+            last_logged = connected
+        time.sleep(poll)
 
 
 def run_rounds(
@@ -72,23 +97,42 @@ def run_rounds(
     initial_arrays: ArrayRecord,
     num_rounds: int,
     timeout: float,
+    expected_nodes: int = 0,
+    min_nodes: int = 0,
     evaluate_fn: CentralEvaluateFn | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> LoopResult:
-    """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate."""
+    """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate.
+
+    Before round 1 it waits up to ``timeout`` seconds for ``expected_nodes``
+    connected nodes; before every round it needs at least ``min_nodes``. A
+    round that cannot get them within ``timeout`` ends the run (``failed``).
+    """
     arrays = initial_arrays
     latest_epsilon: dict[int, float] = {}
     records: list[RoundRecord] = []
     for rnd in range(1, num_rounds + 1):
+        wanted = max(expected_nodes, min_nodes) if rnd == 1 else min_nodes
+        connected = wait_for_nodes(grid, wanted, timeout) if wanted else wanted
+        if connected < min_nodes:
+            reason = (
+                f"round {rnd} could not start: {connected} node(s) connected after waiting "
+                f"{timeout:g}s (round timeout), at least {min_nodes} needed (min-nodes)"
+            )
+            logger.error("%s; ending the run after %d completed round(s)", reason, rnd - 1)
+            return LoopResult(arrays=arrays, rounds=records, stopped_early=reason, failed=True)
         start = time.monotonic()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [m for m in replies if not m.has_error()]
         declined = [m for m in replies if m.has_error() and m.error.code == DECLINED_BUDGET]
         failed = [m for m in replies if m.has_error() and m.error.code != DECLINED_BUDGET]
-        failures = [_describe_error(m) for m in failed]
-        if len(replies) < len(messages):
-            failures.append(f"{len(messages) - len(replies)} node(s) did not reply in time")
+        # A reply the SuperLink made up (node unavailable) comes from the SuperLink, not the
+        # node: name the node the instruction went to.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        failures = [_describe_error(m, sent_to) for m in failed]
+        silent = set(sent_to) - {m.metadata.reply_to_message_id for m in replies}
+        failures += [f"node {sent_to[i]}: no reply within {timeout:g}s" for i in sorted(silent)]
         reports = [TrainReport.from_content(m.content) for m in ok]
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
         if new_arrays is not None:
@@ -139,6 +183,7 @@ def _get(metrics: MetricRecord | None, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _describe_error(msg: Message) -> str:
+def _describe_error(msg: Message, sent_to: dict[str, int]) -> str:
     reason = (msg.error.reason or "").strip().splitlines()
-    return f"node {msg.metadata.src_node_id}: {reason[-1] if reason else 'error'}"
+    node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+    return f"node {node}: {reason[-1] if reason else 'error'}"

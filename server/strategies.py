@@ -1,8 +1,8 @@
 """The aggregation strategies a run can use, selected by name.
 
-All are Flower's own (``flwr.serverapp.strategy``), configured so that every
-connected node is waited for before sampling (``min_available_nodes`` is the
-population) and training metrics are aggregated by
+All are Flower's own (``flwr.serverapp.strategy``), configured so that sampling waits for
+``RunConfig.min_available_nodes`` connected nodes (the whole population in a
+simulation) and training metrics are aggregated by
 :func:`aggregate_train_metrics`. FedProx is left out on purpose: its proximal
 term's gradient is not per-sample, so Opacus would drop it under DP-SGD.
 """
@@ -58,13 +58,13 @@ def build_strategy(config: RunConfig) -> Strategy:
         raise ConfigError(
             f"unknown strategy '{config.strategy}'; choose one of: {', '.join(STRATEGIES)}"
         ) from None
-    per_round = max(1, math.floor(config.num_clients * config.fraction_train))
+    per_round = max(1, math.floor(config.min_available_nodes * config.fraction_train))
     return factory(
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=per_round,
         min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
-        min_available_nodes=config.num_clients,
+        min_available_nodes=config.min_available_nodes,
         weighted_by_key=NUM_EXAMPLES,
         arrayrecord_key=ARRAYS_KEY,
         configrecord_key=CONFIG_KEY,

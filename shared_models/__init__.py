@@ -2,7 +2,13 @@
 config, the message contract, evaluation, and the errors."""
 
 from shared_models.config import DPConfig, RunConfig
-from shared_models.errors import ConfigError, DataError, FedprivError, PrivacyBudgetError
+from shared_models.errors import (
+    ConfigError,
+    DataError,
+    FederationError,
+    FedprivError,
+    PrivacyBudgetError,
+)
 from shared_models.evaluation import evaluate_model, resolve_device
 from shared_models.messages import EvalReport, MessageFormatError, TrainReport
 from shared_models.registry import MODEL_NAMES, ModelConfig, build_model
@@ -13,6 +19,7 @@ __all__ = [
     "DPConfig",
     "DataError",
     "EvalReport",
+    "FederationError",
     "FedprivError",
     "MessageFormatError",
     "ModelConfig",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import click
+import typer
 
 from shared_models.errors import FedprivError
 
@@ -61,3 +62,31 @@ def fail(prog: str, message: str, code: int) -> NoReturn:
     """Print ``message`` as one line (newlines folded) on stderr and exit with ``code``."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
+
+
+# -- the training flags fedpriv-sim and fedpriv-server start share (typer option types) --
+
+Model = Annotated[str, typer.Option(help="cnn | lstm | transformer")]
+Rounds = Annotated[int, typer.Option(help="federated rounds")]
+Fraction = Annotated[float, typer.Option(help="fraction of clients trained per round")]
+FractionEvaluate = Annotated[
+    float, typer.Option(help="fraction of clients evaluating their held-out split per round")
+]
+LocalEpochs = Annotated[int, typer.Option(help="local epochs per round")]
+BatchSize = Annotated[int, typer.Option(help="expected local batch size")]
+LearningRate = Annotated[float, typer.Option(help="client learning rate (SGD)")]
+Momentum = Annotated[float, typer.Option(help="client SGD momentum")]
+Strategy = Annotated[str, typer.Option(help="fedavg, fedadam, fedmedian, ...")]
+TargetEpsilon = Annotated[
+    float | None, typer.Option(help="each client's cumulative epsilon budget for the run")
+]
+NoDP = Annotated[bool, typer.Option("--no-dp", help="train without privacy")]
+MaxGradNorm = Annotated[float, typer.Option(help="per-sample clipping norm C")]
+Delta = Annotated[float, typer.Option(help="delta of every epsilon")]
+Accountant = Annotated[str, typer.Option(help="rdp | prv")]
+InitCheckpoint = Annotated[
+    str, typer.Option(help="start from this .safetensors checkpoint (e.g. from pretrain)")
+]
+Freeze = Annotated[
+    str, typer.Option(help="comma-separated parameter prefixes clients keep fixed, e.g. embed")
+]

@@ -85,6 +85,34 @@ class DPConfig:
                 f"unknown accountant '{self.accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
             )
 
+    @classmethod
+    def from_flags(
+        cls,
+        *,
+        no_dp: bool,
+        target_epsilon: float | None,
+        noise_multiplier: float | None = None,
+        max_grad_norm: float = 1.0,
+        delta: float = 1e-5,
+        accountant: str = "rdp",
+    ) -> DPConfig:
+        """The DP settings of a command line (``--no-dp``, ``--target-epsilon``, ...).
+
+        Without ``--noise-multiplier`` or ``--target-epsilon`` the budget is the default 8.
+        """
+        if no_dp and (target_epsilon is not None or noise_multiplier is not None):
+            raise ConfigError("--no-dp cannot be combined with --target-epsilon/--noise-multiplier")
+        if not no_dp and noise_multiplier is None and target_epsilon is None:
+            target_epsilon = cls.target_epsilon
+        return cls(
+            enabled=not no_dp,
+            target_epsilon=None if no_dp else target_epsilon,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            accountant=accountant,
+        )
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -110,6 +138,12 @@ class RunConfig:
     round_timeout: float = 600.0
     init_checkpoint: str = ""  # a .safetensors checkpoint to start from ("": fresh weights)
     freeze: str = ""  # comma-separated parameter-name prefixes clients do not train
+    # Deployment (fedpriv-server start); unused in simulation, where every node is started.
+    min_nodes: int = 0  # fewest connected nodes a round may start with (0: num_clients)
+    test_data: str = ""  # the coordinator's test-set data folder ("": the simulation's test split)
+    run_dir: str = (
+        ""  # where the ServerApp writes the run folder ("": runs/<time>-<model>-<dataset>)
+    )
     dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
@@ -118,6 +152,13 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
+        if isinstance(self.min_nodes, bool) or not isinstance(self.min_nodes, int):
+            raise ConfigError(f"min-nodes must be an integer, got {self.min_nodes!r}")
+        if not 0 <= self.min_nodes <= self.num_clients:
+            raise ConfigError(
+                f"min-nodes must be in [1, num-clients={self.num_clients}] "
+                f"(0 means num-clients), got {self.min_nodes}"
+            )
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.fraction_evaluate <= 1:
@@ -140,6 +181,11 @@ class RunConfig:
             raise ConfigError(
                 f"unknown device '{self.device}'; choose one of: {', '.join(DEVICES)}"
             )
+
+    @property
+    def min_available_nodes(self) -> int:
+        """The fewest connected nodes a round may start with."""
+        return self.min_nodes or self.num_clients
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:

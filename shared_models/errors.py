@@ -23,3 +23,7 @@ class DataError(FedprivError):
 
 class PrivacyBudgetError(FedprivError):
     """A privacy budget is impossible, or would be exceeded."""
+
+
+class FederationError(FedprivError):
+    """The federation cannot go on: too few nodes, or a run that did not complete."""

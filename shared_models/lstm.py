@@ -1,8 +1,10 @@
-"""A character-level LSTM classifier for next-character prediction under DP-SGD.
+"""An LSTM sequence classifier under DP-SGD: next-token prediction or sentence classes.
 
 Token ids (B, T) go through an embedding, a stack of Opacus ``DPLSTM`` layers
-and a linear head on the last time step, giving one set of logits per window:
-the model classifies the character that follows the window.
+and a linear head, giving one set of logits per sequence, read out by ``pooling``:
+``"last"``, the last time step (the token that follows the window), or ``"mean"``,
+the mean of the outputs at the non-PAD positions (a right-padded sentence: the
+LSTM runs left to right, so trailing PAD never changes the output).
 
 ``torch.nn.LSTM`` runs as one fused kernel, so Opacus cannot see the per-sample
 activations it needs; ``opacus.layers.DPLSTM`` is a drop-in replacement built
@@ -24,6 +26,9 @@ from typing import Any
 import torch
 from opacus.layers import DPLSTM
 from torch import nn
+
+from shared_models.pooling import masked_mean
+from shared_models.tokenizer import PAD_ID
 
 __all__ = ["LSTMClassifier"]
 
@@ -78,10 +83,14 @@ class LSTMClassifier(nn.Module):
             next-character prediction.
         width: Embedding size and LSTM hidden size.
         depth: Number of stacked LSTM layers (>= 1).
+        pooling: ``"last"`` or ``"mean"`` (:mod:`shared_models.pooling`).
     """
 
-    def __init__(self, *, vocab_size: int, num_classes: int, width: int, depth: int) -> None:
+    def __init__(
+        self, *, vocab_size: int, num_classes: int, width: int, depth: int, pooling: str = "last"
+    ) -> None:
         super().__init__()
+        self.pooling = pooling
         self.embed = nn.Embedding(vocab_size, width)
         self.lstm = DPLSTM(width, width, num_layers=depth, batch_first=True)
         self.head = nn.Linear(width, num_classes)
@@ -91,13 +100,14 @@ class LSTMClassifier(nn.Module):
         self.register_load_state_dict_pre_hook(_restore_alias_keys)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Predict the token that follows each window.
+        """Classify each sequence (with ``"last"``: predict the token that follows it).
 
         Args:
             tokens: Int64 tensor (B, T) of token ids in [0, vocab_size), T >= 1.
 
         Returns:
-            Logits, float tensor (B, num_classes), read from the last time step.
+            Logits, float tensor (B, num_classes), read from the last time step
+            or the mean over non-PAD steps.
         """
         if tokens.dim() != 2 or tokens.shape[1] == 0:
             raise ValueError(
@@ -105,4 +115,6 @@ class LSTMClassifier(nn.Module):
                 f"got {tuple(tokens.shape)}"
             )
         outputs, _ = self.lstm(self.embed(tokens))
+        if self.pooling == "mean":
+            return self.head(masked_mean(outputs, tokens != PAD_ID))
         return self.head(outputs[:, -1])

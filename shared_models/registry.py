@@ -24,6 +24,7 @@ from torch import nn
 from shared_models.cnn import CNN
 from shared_models.errors import ConfigError
 from shared_models.lstm import LSTMClassifier
+from shared_models.pooling import POOLINGS
 from shared_models.transformer import TransformerClassifier
 
 __all__ = ["MODEL_NAMES", "ModelConfig", "build_model"]
@@ -35,6 +36,9 @@ MODEL_NAMES: tuple[str, ...] = ("cnn", "lstm", "transformer")
 
 #: Models that read (B, T) token ids rather than images.
 _SEQUENCE_MODELS = frozenset({"lstm", "transformer"})
+
+#: ModelConfig fields that are strings; every other field is an integer.
+_STRING_FIELDS = frozenset({"name", "pooling"})
 
 #: Smallest image side the CNN accepts, in pixels.
 _MIN_IMAGE_SIZE = 4
@@ -61,6 +65,10 @@ class ModelConfig:
         width: CNN channels / LSTM hidden size / Transformer model dimension (>= 2).
         depth: Conv blocks / LSTM layers / Transformer blocks (>= 1).
         heads: Transformer only: attention heads (>= 1, must divide ``width``).
+        pooling: LSTM and Transformer: how one output is read from the sequence,
+            one of :data:`~shared_models.pooling.POOLINGS`: ``"last"``, the
+            last position (next-token prediction), or ``"mean"``, the mean over
+            non-PAD positions (classification of right-padded sentences).
 
     Raises:
         ConfigError: On construction, if any field is of the wrong type or out
@@ -76,6 +84,7 @@ class ModelConfig:
     width: int = 32
     depth: int = 2
     heads: int = 4
+    pooling: str = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -86,10 +95,16 @@ class ModelConfig:
             )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name != "name" and (not isinstance(value, int) or isinstance(value, bool)):
+            if field.name in _STRING_FIELDS:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(
                     f"{field.name} must be an integer, got {type(value).__name__} {value!r}"
                 )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {self.pooling!r}"
+            )
         _check_at_least("num_classes", self.num_classes, 2)
         _check_at_least("in_channels", self.in_channels, 1)
         _check_at_least("image_size", self.image_size, _MIN_IMAGE_SIZE)
@@ -188,6 +203,7 @@ def _build_lstm(config: ModelConfig) -> nn.Module:
         num_classes=config.num_classes,
         width=config.width,
         depth=config.depth,
+        pooling=config.pooling,
     )
 
 
@@ -199,6 +215,7 @@ def _build_transformer(config: ModelConfig) -> nn.Module:
         width=config.width,
         depth=config.depth,
         heads=config.heads,
+        pooling=config.pooling,
     )
 
 

@@ -2,17 +2,27 @@
 
 Written in the spirit of nanoGPT's ``model.py``: token embedding plus a learned
 positional embedding, ``depth`` pre-LayerNorm blocks (attention, then an MLP,
-each added back through a residual), a final LayerNorm, and a linear head on the
-last position. There is no causal mask: the last position attends to the whole
-window and emits one set of logits for it.
+each added back through a residual), a final LayerNorm, and a linear head. There
+is no causal mask. One set of logits per sequence is read out, by ``pooling``:
+
+* ``"last"``: the last position, which attends to the whole window (next-token
+  prediction, where the most recent tokens matter most);
+* ``"mean"``: the mean over the non-PAD positions (sentence classification,
+  right-padded with PAD), so padding never changes the output.
+
+Padding (:data:`~shared_models.tokenizer.PAD_ID`) is masked as an attention key
+in both modes: no position attends to it.
 
 ``torch.nn.MultiheadAttention`` computes its projections with one fused
-functional call that Opacus cannot hook, so attention uses
-``opacus.layers.DPMultiheadAttention``, built from separate ``nn.Linear``
-layers whose per-sample gradients Opacus knows how to compute. Its forward is
-``(query, key, value, key_padding_mask=None, need_weights=True,
-attn_mask=None, is_causal=False) -> (output, weights)``; ``is_causal=True`` is
-rejected, and a causal mask would have to be passed as ``attn_mask``.
+functional call that Opacus cannot hook. Opacus's replacement,
+``opacus.layers.DPMultiheadAttention``, is wrong with ``batch_first=True`` in
+Opacus 1.6: it reshapes its (B*heads, T, head_dim) output straight to
+(B, T, width), splicing heads into time positions (opacus PR #825), while with
+``batch_first=False`` its ``nn.Linear`` layers would see the time axis first,
+and Opacus's per-sample gradients need the batch first. Attention here is
+therefore :class:`SelfAttention`, as in nanoGPT: one ``nn.Linear`` for the
+query, key and value projections, ``scaled_dot_product_attention`` (no
+parameters, so nothing for Opacus to hook) and one ``nn.Linear`` out.
 
 Every trainable layer is an ``nn.Embedding``, ``nn.Linear`` or ``nn.LayerNorm``,
 all of which Opacus supports; LayerNorm, unlike BatchNorm, acts on each sample
@@ -24,8 +34,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from opacus.layers import DPMultiheadAttention
+import torch.nn.functional as F
 from torch import nn
+
+from shared_models.pooling import masked_mean
+from shared_models.tokenizer import PAD_ID
 
 __all__ = ["TransformerClassifier"]
 
@@ -52,21 +65,46 @@ class MLP(nn.Module):
         return self.proj(self.gelu(self.fc(x)))
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention from ``nn.Linear`` layers; shape preserving.
+
+    Args:
+        width: Model dimension; must be divisible by ``heads``.
+        heads: Number of attention heads, each of size ``width // heads``.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Map (B, T, width) to (B, T, width); no query attends to a key where ``pad_mask``
+        (B, T) is True. Every row needs at least one key left unmasked."""
+        batch, length, width = x.shape
+        q, k, v = (
+            part.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+            for part in self.qkv(x).split(width, dim=2)
+        )  # each (B, heads, T, head_dim)
+        allowed = None if pad_mask is None else ~pad_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
 class Block(nn.Module):
     """One pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = DPMultiheadAttention(width, heads, batch_first=True)
+        self.attn = SelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (B, T, width) to (B, T, width)."""
-        h = self.ln_1(x)
-        attended, _ = self.attn(h, h, h, need_weights=False)
-        x = x + attended
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Map (B, T, width) to (B, T, width); no position attends where ``pad_mask`` is True."""
+        x = x + self.attn(self.ln_1(x), pad_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -84,6 +122,7 @@ class TransformerClassifier(nn.Module):
         width: Model dimension; must be divisible by ``heads``.
         depth: Number of transformer blocks (>= 1).
         heads: Attention heads per block.
+        pooling: ``"last"`` or ``"mean"`` (:mod:`shared_models.pooling`).
     """
 
     def __init__(
@@ -95,9 +134,11 @@ class TransformerClassifier(nn.Module):
         width: int,
         depth: int,
         heads: int,
+        pooling: str = "last",
     ) -> None:
         super().__init__()
         self.seq_len = seq_len
+        self.pooling = pooling
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Embedding(seq_len, width)
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
@@ -110,7 +151,7 @@ class TransformerClassifier(nn.Module):
 
         Args:
             tokens: Int64 tensor (B, T) of token ids in [0, vocab_size),
-                1 <= T <= seq_len.
+                1 <= T <= seq_len; PAD (0) marks padding.
 
         Returns:
             Logits, float tensor (B, num_classes).
@@ -128,12 +169,20 @@ class TransformerClassifier(nn.Module):
         # which reads the batch size from the input, gives true per-sample gradients.
         positions = torch.arange(length, device=tokens.device).expand(batch, length)
         x = self.token_embed(tokens) + self.pos_embed(positions)
+        is_pad = tokens == PAD_ID
+        # A row of padding only would mask every key, and softmax over nothing is
+        # NaN: such a row attends to all its positions (its output is unused by
+        # "mean", which pools it to zeros).
+        pad_mask = is_pad & ~is_pad.all(dim=1, keepdim=True)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, pad_mask)
+        x = self.ln_f(x)
+        if self.pooling == "mean":
+            return self.head(masked_mean(x, ~is_pad))
         # The last position, which attends to the whole window, reads it out (as the
         # LSTM's last step does): next-character prediction depends on the most
         # recent characters, which a mean over time would blur away.
-        return self.head(self.ln_f(x)[:, -1])
+        return self.head(x[:, -1])
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -1,9 +1,9 @@
-"""The simulation's ServerApp and ClientApp: a dataset split across clients.
+"""The simulation's data sources: a dataset split across simulated clients.
 
-``server_app`` and ``client_app`` are what ``flwr run .`` loads (see
-``[tool.flwr.app.components]`` in ``pyproject.toml``); they read the run's
-settings from ``context.run_config``. ``fedpriv-sim`` builds the same apps
-with :func:`make_server_app`/:func:`make_client_app` and its parsed flags.
+``fedpriv-sim`` builds the apps with :func:`make_server_app`/:func:`make_client_app`
+and its parsed flags. Under ``flwr run .`` the components are ``server.app:app``
+and ``client.app:app`` (``[tool.flwr.app.components]`` in ``pyproject.toml``),
+which come here for their data when a node has no local data folder.
 """
 
 from __future__ import annotations
@@ -108,7 +108,3 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
 def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:
     return build_server_app(load_central_data, config, run_dir)
-
-
-server_app = make_server_app()
-client_app = make_client_app()

@@ -19,6 +19,7 @@ import typer
 
 from server.app import epsilon_label, initial_model
 from server.run_folder import SUMMARY_FILE, RunFolder
+from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
 from shared_models.config import DPConfig, RunConfig
 from shared_models.errors import FedprivError
@@ -35,58 +36,42 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     "pretrains a text model on public text."
 )
 def run(
-    model: Annotated[str, typer.Option(help="cnn | lstm | transformer")] = _D.model,
+    model: opt.Model = _D.model,
     dataset: Annotated[str, typer.Option(help="digits (embedded) | fashion-mnist")] = _D.dataset,
     data_dir: Annotated[str, typer.Option(help="folder of the dataset's files")] = _D.data_dir,
     clients: Annotated[int, typer.Option(help="number of clients")] = _D.num_clients,
-    rounds: Annotated[int, typer.Option(help="federated rounds")] = _D.rounds,
-    fraction: Annotated[float, typer.Option(help="fraction of clients per round")] = (
-        _D.fraction_train
-    ),
-    fraction_evaluate: Annotated[
-        float, typer.Option(help="fraction of clients evaluating their held-out split per round")
-    ] = _D.fraction_evaluate,
-    local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = _D.local_epochs,
-    batch_size: Annotated[int, typer.Option(help="expected local batch size")] = _D.batch_size,
-    lr: Annotated[float, typer.Option(help="client learning rate (SGD)")] = _D.learning_rate,
-    momentum: Annotated[float, typer.Option(help="client SGD momentum")] = _D.momentum,
+    rounds: opt.Rounds = _D.rounds,
+    fraction: opt.Fraction = _D.fraction_train,
+    fraction_evaluate: opt.FractionEvaluate = _D.fraction_evaluate,
+    local_epochs: opt.LocalEpochs = _D.local_epochs,
+    batch_size: opt.BatchSize = _D.batch_size,
+    lr: opt.LearningRate = _D.learning_rate,
+    momentum: opt.Momentum = _D.momentum,
     partitioning: Annotated[str, typer.Option(help="iid | dirichlet | shards")] = _D.partitioning,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration")] = _D.dirichlet_alpha,
     shards_per_client: Annotated[int, typer.Option(help="label shards per client")] = (
         _D.shards_per_client
     ),
     seed: Annotated[int, typer.Option(help="seed of data split, sampling and noise")] = _D.seed,
-    target_epsilon: Annotated[
-        float | None, typer.Option(help="each client's cumulative epsilon budget for the run")
-    ] = None,
+    target_epsilon: opt.TargetEpsilon = None,
     noise_multiplier: Annotated[
         float | None, typer.Option(help="fixed DP noise multiplier (instead of a target)")
     ] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="train without privacy")] = False,
-    max_grad_norm: Annotated[float, typer.Option(help="per-sample clipping norm C")] = (
-        _D.dp.max_grad_norm
-    ),
-    delta: Annotated[float, typer.Option(help="delta of every epsilon")] = _D.dp.delta,
-    accountant: Annotated[str, typer.Option(help="rdp | prv")] = _D.dp.accountant,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedadam, fedmedian, ...")] = _D.strategy,
+    no_dp: opt.NoDP = False,
+    max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
+    delta: opt.Delta = _D.dp.delta,
+    accountant: opt.Accountant = _D.dp.accountant,
+    strategy: opt.Strategy = _D.strategy,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _D.device,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
     ] = None,
-    init_checkpoint: Annotated[
-        str, typer.Option(help="start from this .safetensors checkpoint (e.g. from pretrain)")
-    ] = _D.init_checkpoint,
-    freeze: Annotated[
-        str, typer.Option(help="comma-separated parameter prefixes clients keep fixed, e.g. embed")
-    ] = _D.freeze,
+    init_checkpoint: opt.InitCheckpoint = _D.init_checkpoint,
+    freeze: opt.Freeze = _D.freeze,
     client_cpus: Annotated[float, typer.Option(help="CPUs per simulated client")] = 1.0,
     client_gpus: Annotated[float, typer.Option(help="GPUs per simulated client")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
 ) -> None:
-    if no_dp and (target_epsilon is not None or noise_multiplier is not None):
-        raise FedprivError("--no-dp cannot be combined with --target-epsilon/--noise-multiplier")
-    if noise_multiplier is None and target_epsilon is None:
-        target_epsilon = _D.dp.target_epsilon
     config = RunConfig(
         model=model,
         dataset=dataset,
@@ -107,9 +92,9 @@ def run(
         device=device,
         init_checkpoint=init_checkpoint,
         freeze=freeze,
-        dp=DPConfig(
-            enabled=not no_dp,
-            target_epsilon=None if no_dp else target_epsilon,
+        dp=DPConfig.from_flags(
+            no_dp=no_dp,
+            target_epsilon=target_epsilon,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             delta=delta,
@@ -271,7 +256,7 @@ def pretrain(
         seed=seed,
     )
     logger.info(
-        "saved %s: %s, %d windows, held-out next-char accuracy %.3f, %.0fs",
+        "saved %s: %s, %d windows, held-out next-token accuracy %.3f, %.0fs",
         result.path,
         model,
         result.train_windows,

@@ -12,7 +12,7 @@ downloaded at call time):
 
 Two text tasks (``sotu``, ``sentiment``) are built by :mod:`simulations.text_tasks`
 from corpora cached by :mod:`simulations.text_data`; they carry int64 token ids,
-their character vocabulary and each pool example's natural client (``groups``).
+their vocabulary and each pool example's natural client (``groups``).
 
 The *pool* is what gets partitioned across clients; the *test* set stays with
 the coordinator for central evaluation and is never given to a client.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from shared_models.errors import ConfigError, DataError
-from shared_models.tokenizer import CharVocab
+from shared_models.tokenizer import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class FederatedData:
         test: the central held-out test set (never given to clients).
         image_size: height (= width) of the square images, in pixels; 0 for text.
         in_channels: number of image channels (1 for both image datasets); 0 for text.
-        vocab: text only: the character vocabulary of the token ids (ids < len(vocab)).
+        vocab: text only: the vocabulary of the token ids (ids < len(vocab)), a
+            ``CharVocab`` (sotu) or a ``WordVocab`` (sentiment).
         groups: the natural client of each pool example, int64 of shape (len(pool),)
             with values in [0, len(group_names)), or None when there is none.
         group_names: name of each natural client (a president, a source), by id.
@@ -128,7 +129,7 @@ class FederatedData:
     test: ArrayDataset
     image_size: int
     in_channels: int
-    vocab: CharVocab | None = None
+    vocab: Vocab | None = None
     groups: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
     seq_len: int = 0

@@ -3,9 +3,12 @@
 Public data (the Brown corpus) carries no privacy cost, so a model can learn
 language there first and then be fine-tuned across clients under DP, where
 every step costs epsilon. The pretrained model uses the fine-tuning task's
-own character vocabulary (characters the task does not know map to UNK), so
-the checkpoint fits that task; it is a next-character language model whose
-output head is re-initialised when the task is classification (sentiment).
+own vocabulary (tokens the task does not know map to UNK), so the checkpoint
+fits that task: a next-character language model for ``sotu``, a next-word one
+for ``sentiment`` (whose word vocabulary is itself counted over Brown). The
+language model reads the last position (``pooling="last"``); fine-tuned into a
+sentence classifier it keeps the embedding and the blocks, while the output
+head is re-initialised and the readout becomes the task's own (``"mean"``).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def pretrain(
     seed: int = 0,
     device: str = "auto",
 ) -> PretrainResult:
-    """Train ``model`` to predict the next character of Brown-corpus text.
+    """Train ``model`` to predict the next token of Brown-corpus text.
 
     Args:
         model: ``lstm`` or ``transformer``.
@@ -85,7 +88,10 @@ def pretrain(
     if not data.is_text or data.vocab is None:
         raise ConfigError(f"pretraining needs a text task (sotu, sentiment), got '{task}'")
     task_config = model_config_for(RunConfig(model=model, dataset=task), data)
-    config = ModelConfig.from_dict({**task_config.to_dict(), "num_classes": len(data.vocab)})
+    # A language model over the task's vocabulary: one class per token, read at the last position.
+    config = ModelConfig.from_dict(
+        {**task_config.to_dict(), "num_classes": len(data.vocab), "pooling": "last"}
+    )
     ids = data.vocab.encode(load_brown(folder), unknown="unk")
     split = int(len(ids) * 0.95)
     x, y = next_char_windows(ids, window_starts(split, data.seq_len, max_windows), data.seq_len)
@@ -111,7 +117,7 @@ def pretrain(
         )
         loss, accuracy = evaluate_model(net, x_val, y_val, device=dev)
         logger.info(
-            "epoch %d/%d: train loss %.3f, held-out loss %.3f, next-char accuracy %.3f",
+            "epoch %d/%d: train loss %.3f, held-out loss %.3f, next-token accuracy %.3f",
             epoch + 1,
             epochs,
             result.mean_loss,

@@ -1,9 +1,10 @@
-"""Text corpora as federated datasets of character ids, for the LSTM and Transformer.
+"""Text corpora as federated datasets of token ids, for the LSTM and Transformer.
 
-Two tasks, both character level with one shared :class:`~shared_models.tokenizer.CharVocab`
-(case kept; the ``max_vocab_size - 2`` most frequent characters, the rest UNK):
+Two tasks:
 
-* ``sotu``: next-character prediction on the State of the Union addresses, one
+* ``sotu``: next-character prediction on the State of the Union addresses, with a
+  :class:`~shared_models.tokenizer.CharVocab` (case kept; the ``max_vocab_size - 2``
+  most frequent characters, the rest UNK), one
   natural client per president (43, unbalanced and non-IID, like LEAF's
   Shakespeare). An example is ``seq_len`` characters; its label is the id of the
   character that follows (``num_classes = len(vocab)``). Each president's text is
@@ -13,12 +14,21 @@ Two tasks, both character level with one shared :class:`~shared_models.tokenizer
   the others a number proportional to their text (at least
   ``min_windows_per_client``, 20), which keeps the natural imbalance (47..1000
   windows a president, ~11k in all) while bounding the CPU cost.
-* ``sentiment``: sentence polarity on the VADER ground truth. Label 1 if the mean
-  human rating is > 0, else 0; sentences with ``|rating| < neutral_band`` (0.5) are
-  dropped as neutral. The first ``seq_len`` characters, left-padded with PAD (0) so
-  the text ends at the last position, which the LSTM reads. The natural clients are
+* ``sentiment``: sentence polarity on the VADER ground truth, with a
+  :class:`~shared_models.tokenizer.WordVocab`. Label 1 if the mean human rating
+  is > 0, else 0; sentences with ``|rating| < neutral_band`` (0.5) are dropped as
+  neutral. An example is the sentence's first ``seq_len`` (40) words, right-padded
+  with PAD (0); the models average over the non-PAD positions (``pooling="mean"``,
+  see :func:`client.local_data.model_config_for_data`). The natural clients are
   the four sources (movie, tweet, nyt, amazon); the pool/test split is stratified
   on (source, label), 80/20, by seed.
+
+  The word vocabulary is the ``SENTIMENT_MAX_VOCAB_SIZE - 2`` most frequent
+  lowercase words of the public Brown corpus, not of the clients' sentences: a
+  vocabulary counted over private text would itself leak which words the clients
+  wrote, outside the DP guarantee, and a real federation must fix its vocabulary
+  before it sees any client's data. Words outside it are UNK (about 20% of the
+  sentiment tokens, mostly names and rare words).
 """
 
 from __future__ import annotations
@@ -30,11 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from shared_models.errors import ConfigError, DataError
-from shared_models.tokenizer import PAD_ID, CharVocab
+from shared_models.tokenizer import PAD_ID, CharVocab, Vocab, WordVocab
 from simulations.datasets import ArrayDataset, FederatedData
 from simulations.text_data import (
     DEFAULT_DATA_DIR,
     SENTIMENT_SOURCES,
+    load_brown,
     load_sentiment,
     load_sotu,
 )
@@ -49,7 +60,8 @@ SOTU_MAX_WINDOWS_PER_CLIENT = 1000
 SOTU_MIN_WINDOWS_PER_CLIENT = 20
 SOTU_MAX_TEST_WINDOWS_PER_CLIENT = 100
 SOTU_TEST_FRACTION = 0.1
-SENTIMENT_SEQ_LEN = 100
+SENTIMENT_SEQ_LEN = 40  # words; 95% of the sentences have at most 38 tokens
+SENTIMENT_MAX_VOCAB_SIZE = 4000  # PAD and UNK included
 SENTIMENT_NEUTRAL_BAND = 0.5
 SENTIMENT_TEST_FRACTION = 0.2
 
@@ -70,8 +82,20 @@ def load_text_task(name: str, *, data_dir: Path | None = None, seed: int = 0) ->
     if name == "sotu":
         return sotu_task(load_sotu(folder))
     if name == "sentiment":
-        return sentiment_task(load_sentiment(folder), seed=seed)
+        return sentiment_task(load_sentiment(folder), seed=seed, vocab=sentiment_vocab(folder))
     raise ConfigError(f"unknown text task {name!r}; choose one of: sotu, sentiment")
+
+
+def sentiment_vocab(
+    data_dir: Path | None = None, *, max_size: int = SENTIMENT_MAX_VOCAB_SIZE
+) -> WordVocab:
+    """The sentiment task's word vocabulary, counted over the public Brown corpus.
+
+    Raises:
+        DataError: the Brown corpus is not fetched, or damaged.
+    """
+    folder = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    return WordVocab.build(load_brown(folder).splitlines(), max_size=max_size)
 
 
 def window_starts(length: int, seq_len: int, max_windows: int) -> np.ndarray:
@@ -196,21 +220,24 @@ def sentiment_task(
     seed: int = 0,
     neutral_band: float = SENTIMENT_NEUTRAL_BAND,
     test_fraction: float = SENTIMENT_TEST_FRACTION,
-    max_vocab_size: int = MAX_VOCAB_SIZE,
+    vocab: WordVocab | None = None,
+    max_vocab_size: int = SENTIMENT_MAX_VOCAB_SIZE,
 ) -> FederatedData:
     """Binary sentence polarity, with the sentence's source as its natural client.
 
     Args:
         records: ``(text, mean_rating, source)`` (e.g. :func:`load_sentiment`),
             source one of ``SENTIMENT_SOURCES``.
-        seq_len: characters kept per sentence (>= 1): the first ``seq_len``,
-            left-padded with PAD.
+        seq_len: words kept per sentence (>= 1): the first ``seq_len`` tokens of
+            :func:`~shared_models.tokenizer.tokenize_words`, right-padded with PAD.
         seed: seed of the stratified pool/test split (>= 0).
         neutral_band: sentences with ``|rating| < neutral_band`` are dropped (>= 0;
             0 keeps all, and a rating of exactly 0 is then negative).
         test_fraction: share of sentences in the test set, in (0, 1).
-        max_vocab_size: vocabulary cap, PAD and UNK included (>= 3); the
-            vocabulary is built from the pool sentences only.
+        vocab: the word vocabulary (:func:`load_text_task` passes
+            :func:`sentiment_vocab`, counted over public text); None builds one
+            from the pool sentences, capped at ``max_vocab_size``.
+        max_vocab_size: cap of a vocabulary built here, PAD and UNK included (>= 3).
 
     Raises:
         ConfigError: a setting out of range.
@@ -248,7 +275,8 @@ def sentiment_task(
         np.arange(len(kept)), test_size=test_fraction, stratify=stratify, random_state=seed
     )
     pool_idx, test_idx = np.sort(pool_idx), np.sort(test_idx)
-    vocab = CharVocab.build((texts[i] for i in pool_idx), max_size=max_vocab_size)
+    if vocab is None:
+        vocab = WordVocab.build((texts[i] for i in pool_idx), max_size=max_vocab_size)
     x = np.stack([encode_padded(vocab, t, seq_len) for t in texts])
     return FederatedData(
         name="sentiment",
@@ -263,12 +291,11 @@ def sentiment_task(
     )
 
 
-def encode_padded(vocab: CharVocab, text: str, seq_len: int) -> np.ndarray:
-    """Ids of the first ``seq_len`` characters (unknown -> UNK), left-padded with PAD."""
-    ids = vocab.encode(text[:seq_len], unknown="unk")
+def encode_padded(vocab: Vocab, text: str, seq_len: int) -> np.ndarray:
+    """Ids of the first ``seq_len`` tokens of ``text`` (unknown -> UNK), right-padded with PAD."""
+    ids = vocab.encode(text, unknown="unk")[:seq_len]
     out = np.full(seq_len, PAD_ID, dtype=np.int64)
-    if len(ids):
-        out[-len(ids) :] = ids
+    out[: len(ids)] = ids
     return out
 
 

@@ -29,7 +29,7 @@ from client.local_data import (
 from shared_models.config import RunConfig
 from shared_models.errors import ConfigError, DataError
 from shared_models.registry import ModelConfig
-from shared_models.tokenizer import CharVocab
+from shared_models.tokenizer import CharVocab, WordVocab
 from simulations.apps import load_client_data, load_partitions, model_config_for
 from simulations.export import SERVER_TEST_FOLDER, export_partitions
 
@@ -37,6 +37,8 @@ FEDPRIV_CLIENT = str(Path(sys.executable).with_name("fedpriv-client"))
 IMAGE_META = DataMeta(task="image", dataset="toy", num_classes=4, in_channels=1, image_size=4)
 TEXT_VOCAB = CharVocab.build(["abc de"])  # 8 ids: PAD, UNK and 6 characters
 TEXT_META = DataMeta(task="text", dataset="toy-text", num_classes=3, seq_len=6, vocab=TEXT_VOCAB)
+WORD_VOCAB = WordVocab.build(["a fine film , a dull plot ."])  # 9 ids: PAD, UNK and 7 words
+WORD_META = DataMeta(task="text", dataset="toy-words", num_classes=2, seq_len=5, vocab=WORD_VOCAB)
 
 
 def _images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +124,24 @@ def test_text_folder_round_trip(text_folder: Path) -> None:
 
 
 # -- bad folders: each gives one clear line ------------------------------------------------
+
+
+def test_word_vocab_folder_round_trip(tmp_path: Path) -> None:
+    """A sentence-classification folder: the word vocabulary survives the JSON, and
+    the model it implies averages over non-PAD positions."""
+    x = np.stack([WORD_VOCAB.encode("a fine film"), WORD_VOCAB.encode("a dull plot")])
+    x = np.pad(x, ((0, 0), (0, 2)))  # right-padded with PAD to seq_len 5
+    y = np.array([1, 0], dtype=np.int64)
+    folder = write_local_data(tmp_path / "words", x, y, x, y, WORD_META)
+    raw = json.loads((folder / META_FILE).read_text())
+    assert raw["vocab"] == {"kind": "word-vocab", "version": 1, "words": list(WORD_VOCAB.words)}
+    assert check_data(folder).meta == WORD_META
+    data = load_local_data(folder, partition_id=0, model="transformer")
+    np.testing.assert_array_equal(data.x_train, x)
+    assert data.model_config == ModelConfig(
+        name="transformer", num_classes=2, vocab_size=9, seq_len=5, pooling="mean"
+    )
+    assert load_local_data(folder, partition_id=0, model="lstm").model_config.pooling == "mean"
 
 
 def _edit_json(**changes: object) -> Callable[[Path], Path]:
@@ -234,7 +254,18 @@ TEXT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("float tokens", _write_npz("train", x=T.astype(np.float32), y=TY), "x must be int64"),
     ("wrong seq_len", _write_npz("val", x=T[:, :5], y=TY), "x must have shape (N, 6)"),
     ("missing vocab", _edit_json(vocab=None), "field 'vocab' is missing"),
-    ("vocab as a string", _edit_json(vocab="abc"), "kind 'char-vocab'"),
+    ("vocab as a string", _edit_json(vocab="abc"), "kind 'char-vocab' or 'word-vocab'"),
+    ("unknown vocab kind", _edit_json(vocab={"kind": "bpe"}), "kind 'char-vocab' or 'word-vocab'"),
+    (
+        "word vocab entry not one token",
+        _edit_json(vocab={"kind": "word-vocab", "version": 1, "words": ["Two Words"]}),
+        "one lowercase token",
+    ),
+    (
+        "word vocab too small for the ids",
+        _edit_json(vocab={"kind": "word-vocab", "version": 1, "words": ["a"]}),
+        "token ids must lie in [0, 3)",
+    ),
     ("image field on text", _edit_json(image_size=8), "unknown field 'image_size'"),
 ]
 
@@ -403,7 +434,8 @@ def test_export_refuses_a_non_empty_folder(digits_export: Path) -> None:
 def corpora() -> Path:
     from simulations.text_data import DEFAULT_DATA_DIR, fetch_corpora
 
-    fetch_corpora(DEFAULT_DATA_DIR, ["sentiment"])  # a no-op once cached
+    # sentiment's word vocabulary is counted over the Brown corpus
+    fetch_corpora(DEFAULT_DATA_DIR, ["sentiment", "brown"])  # a no-op once cached
     return DEFAULT_DATA_DIR
 
 
@@ -419,6 +451,7 @@ def test_export_text_round_trip(corpora: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(exported.x_train, simulated.x_train)
     np.testing.assert_array_equal(exported.y_val, simulated.y_val)
     assert exported.model_config == model_config_for(config, data)
+    assert exported.model_config.pooling == "mean"  # sentence classification
     assert check_data(tmp_path / "out" / SERVER_TEST_FOLDER).meta.vocab == data.vocab
 
 

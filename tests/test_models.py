@@ -1,6 +1,7 @@
 """Tests for shared_models: the config, the registry and the three DP-ready models.
 
-Every model is checked the way Opacus checks its own layers: the module
+Every model (and each readout of the sequence models, ``pooling="last"`` and
+``"mean"``) is checked the way Opacus checks its own layers: the module
 validator finds nothing to fix, per-sample gradients match a batch-of-one loop
 of plain autograd, and one real DP-SGD step clips, noises, updates and is
 accounted for.
@@ -25,6 +26,7 @@ from shared_models import (
     ModelConfig,
     build_model,
 )
+from shared_models.tokenizer import PAD_ID
 
 # Two known, harmless warnings, silenced by exact message only: torch notes that
 # Opacus's backward hooks fire although the inputs need no gradient, and Opacus
@@ -53,14 +55,29 @@ CONFIGS = {
         heads=4,
     ),
 }
+#: Sentence classifiers: right-padded input, mean over the non-PAD positions.
+MEAN_POOLED = {
+    f"{name}-mean": dataclasses.replace(CONFIGS[name], num_classes=2, pooling="mean")
+    for name in ("lstm", "transformer")
+}
+#: Every model and readout that must work under Opacus.
+VARIANTS = {**CONFIGS, **MEAN_POOLED}
 
 
 def _batch(config: ModelConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random inputs and labels of the right shape and dtype for ``config``."""
+    """Random inputs and labels of the right shape and dtype for ``config``.
+
+    Mean-pooled sequence models get right-padded sentences of lengths
+    seq_len, seq_len // 2, 1, 0 (all PAD), seq_len, ...; token ids are never PAD.
+    """
     if config.name == "cnn":
         inputs = torch.randn(size, config.in_channels, config.image_size, config.image_size)
     else:
-        inputs = torch.randint(0, config.vocab_size, (size, config.seq_len))
+        inputs = torch.randint(PAD_ID + 1, config.vocab_size, (size, config.seq_len))
+        if config.pooling == "mean":
+            lengths = [config.seq_len, config.seq_len // 2, 1, 0]
+            for row in range(size):
+                inputs[row, lengths[row % len(lengths)] :] = PAD_ID
     return inputs, torch.randint(0, config.num_classes, (size,))
 
 
@@ -82,6 +99,17 @@ def test_config_round_trips_through_a_dict(name: str) -> None:
 
 def test_from_dict_fills_defaults() -> None:
     assert ModelConfig.from_dict({"name": "cnn", "num_classes": 10}) == ModelConfig("cnn", 10)
+    # a config saved before pooling existed reads the last position, as those models did
+    old = {k: v for k, v in CONFIGS["transformer"].to_dict().items() if k != "pooling"}
+    assert ModelConfig.from_dict(old).pooling == "last"
+
+
+def test_pooling_is_validated_and_travels() -> None:
+    config = MEAN_POOLED["transformer-mean"]
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError) as excinfo:
+        dataclasses.replace(config, pooling="max")
+    assert str(excinfo.value) == "pooling must be one of 'last', 'mean', got 'max'"
 
 
 @pytest.mark.parametrize(
@@ -168,31 +196,107 @@ def test_default_width_models_stay_small() -> None:
     assert 5_000 <= sum(p.numel() for p in build_model(config).parameters()) <= 30_000
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_state_dict_has_one_entry_per_parameter_and_loads_back(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(CONFIGS[name])
+    model = build_model(VARIANTS[name])
     state = model.state_dict()
     # DPLSTM alone would list each weight twice; the weights that travel must not.
     assert list(state) == [key for key, _ in model.named_parameters()]
-    other = build_model(CONFIGS[name])
+    other = build_model(VARIANTS[name])
     other.load_state_dict(state)
-    inputs, _ = _batch(CONFIGS[name], 2)
+    inputs, _ = _batch(VARIANTS[name], 2)
     assert torch.equal(model(inputs), other(inputs))
+
+
+def test_transformer_attention_matches_torch_multihead_attention() -> None:
+    """Same weights, same answer as torch's reference, padding mask included.
+    (Opacus 1.6's DPMultiheadAttention with batch_first=True fails this.)"""
+    from shared_models.transformer import SelfAttention
+
+    torch.manual_seed(0)
+    ours = SelfAttention(WIDTH, heads=4)
+    reference = torch.nn.MultiheadAttention(WIDTH, 4, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(ours.qkv.weight)
+        reference.in_proj_bias.copy_(ours.qkv.bias)
+        reference.out_proj.weight.copy_(ours.proj.weight)
+        reference.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, 7, WIDTH)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    for mask in (None, pad):
+        expected, _ = reference(x, x, x, key_padding_mask=mask, need_weights=False)
+        assert torch.allclose(ours(x, mask), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer", *MEAN_POOLED])
+def test_sequence_models_accept_an_empty_batch(name: str) -> None:
+    # Poisson sampling can draw an empty batch; DP-SGD still takes the step.
+    config = VARIANTS[name]
+    assert build_model(config)(torch.zeros(0, SEQ_LEN, dtype=torch.int64)).shape == (
+        0,
+        config.num_classes,
+    )
+
+
+# --- Pooling -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MEAN_POOLED)
+def test_mean_pooling_ignores_padding(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(MEAN_POOLED[name]).eval()
+    inputs, _ = _batch(MEAN_POOLED[name], 4)
+    with torch.no_grad():
+        batched = model(inputs)
+        for row, tokens in enumerate(inputs):
+            length = int((tokens != PAD_ID).sum())
+            if length == 0:
+                continue
+            # the same sentence alone, without any padding, gives the same logits
+            alone = model(tokens[:length].unsqueeze(0))
+            assert torch.allclose(batched[row], alone[0], atol=1e-5), (row, length)
+        # so does more padding (here: a padded copy of the half-length sentence)
+        assert torch.allclose(model(inputs[1:2, : SEQ_LEN - 2])[0], batched[1], atol=1e-5)
+        assert torch.isfinite(batched[3]).all()  # the all-PAD row: zeros pooled, not NaN
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_last_pooling_reads_the_last_position_padding_included(name: str) -> None:
+    """The contrast that makes the test above meaningful: without the mean over
+    non-PAD positions, trailing padding does change the output."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name]).eval()
+    tokens = torch.randint(1, VOCAB, (1, SEQ_LEN // 2))
+    padded = torch.cat([tokens, torch.full((1, SEQ_LEN // 2), PAD_ID)], dim=1)
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens), model(padded), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MEAN_POOLED)
+def test_mean_pooling_reads_every_token(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(MEAN_POOLED[name]).eval()
+    tokens = torch.randint(1, VOCAB, (1, SEQ_LEN))
+    changed = tokens.clone()
+    changed[0, 0] = 1 + (int(tokens[0, 0]) % (VOCAB - 1))  # another real token, not PAD
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens), model(changed), atol=1e-6)
 
 
 # --- Opacus compatibility ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_module_validator_finds_nothing_to_fix(name: str) -> None:
-    assert ModuleValidator.validate(build_model(CONFIGS[name]), strict=True) == []
+    assert ModuleValidator.validate(build_model(VARIANTS[name]), strict=True) == []
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_per_sample_gradients_match_a_batch_of_one_loop(name: str) -> None:
     torch.manual_seed(0)
-    config = CONFIGS[name]
+    config = VARIANTS[name]
     model = build_model(config)
     reference = copy.deepcopy(model)
     inputs, labels = _batch(config, 4)
@@ -212,10 +316,10 @@ def test_per_sample_gradients_match_a_batch_of_one_loop(name: str) -> None:
             assert torch.allclose(grad_sample[i], grad, atol=1e-5, rtol=1e-4), (key, i)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_one_dp_sgd_step_clips_noises_updates_and_is_accounted(name: str) -> None:
     torch.manual_seed(0)
-    config = CONFIGS[name]
+    config = VARIANTS[name]
     inputs, labels = _batch(config, 32)
     model = build_model(config)
     learning_rate, max_grad_norm = 0.1, 1.0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from shared_models.errors import ConfigError, DataError
-from shared_models.tokenizer import PAD_ID
+from shared_models.tokenizer import PAD_ID, UNK_ID, WordVocab, tokenize_words
 from simulations import text_data
 from simulations.datasets import ArrayDataset, FederatedData, load_dataset
 from simulations.partition import PartitionSpec, cached_partitions, partition_indices
@@ -29,7 +29,13 @@ from simulations.text_data import (
     load_sotu,
     verify_corpus,
 )
-from simulations.text_tasks import sentiment_task, sotu_task, window_starts
+from simulations.text_tasks import (
+    SENTIMENT_SEQ_LEN,
+    sentiment_task,
+    sentiment_vocab,
+    sotu_task,
+    window_starts,
+)
 
 # ---------------------------------------------------------------- fake packages
 
@@ -328,7 +334,7 @@ def _sentiment_records(n: int = 400) -> list[tuple[str, float, str]]:
 
 def test_sentiment_task_labels_split_and_padding() -> None:
     records = _sentiment_records()
-    data = sentiment_task(records, seq_len=60, seed=1)
+    data = sentiment_task(records, seq_len=30, seed=1)
     kept = [r for r in records if abs(r[1]) >= 0.5]
     assert len(data.pool) + len(data.test) == len(kept)
     assert abs(len(data.test) - 0.2 * len(kept)) <= 1
@@ -336,20 +342,28 @@ def test_sentiment_task_labels_split_and_padding() -> None:
     assert 0.35 < data.pool.y.mean() < 0.65 and 0.35 < data.test.y.mean() < 0.65
     assert data.groups is not None and set(np.unique(data.groups)) == {0, 1, 2, 3}
     vocab = data.vocab
-    assert vocab is not None
+    assert isinstance(vocab, WordVocab)  # built from the pool: every word is known
     decoded = {vocab.decode(x) for x in data.pool.x}
-    by_text = {r[0][:60]: r for r in kept}
+    by_text = {" ".join(tokenize_words(r[0])[:30]): r for r in kept}
     for x, y, g in zip(data.pool.x, data.pool.y, data.groups, strict=True):
         text, rating, source = by_text[vocab.decode(x)]
         assert y == int(rating > 0) and data.group_names[g] == source
-        if len(text) < 60:
-            assert np.all(x[: 60 - len(text)] == PAD_ID) and x[-1] != PAD_ID  # left-padded
+        length = min(len(tokenize_words(text)), 30)
+        assert np.all(x[length:] == PAD_ID) and np.all(x[:length] > UNK_ID)  # right-padded
     assert len(decoded) > 0.9 * len(data.pool)
 
-    again, other = sentiment_task(records, seq_len=60, seed=1), sentiment_task(records, seed=2)
+    again, other = sentiment_task(records, seq_len=30, seed=1), sentiment_task(records, seed=2)
     assert np.array_equal(again.pool.x, data.pool.x) and np.array_equal(again.test.y, data.test.y)
-    assert len(other.test) == len(data.test) and other.seq_len == 100
+    assert len(other.test) == len(data.test) and other.seq_len == SENTIMENT_SEQ_LEN
     assert len(sentiment_task(records, neutral_band=0).pool) > len(data.pool)
+
+
+def test_sentiment_task_takes_a_given_vocabulary_and_maps_the_rest_to_unk() -> None:
+    public = WordVocab.build(["the quick fox"])
+    data = sentiment_task(_sentiment_records(), seq_len=10, vocab=public)
+    assert data.vocab is public
+    assert set(np.unique(data.pool.x)) <= {PAD_ID, UNK_ID, 2, 3, 4}
+    assert (data.pool.x == UNK_ID).any() and (data.pool.x == public.encode("the")[0]).any()
 
 
 def test_text_federated_data_is_validated() -> None:
@@ -409,7 +423,12 @@ def test_load_dataset_and_cached_partitions_carry_groups(data_dir: Path) -> None
     ):
         cached_partitions("sotu", str(data_dir), PartitionSpec("natural", 4), 0)
     sentiment = load_dataset("sentiment", data_dir=data_dir, seed=0)
-    assert sentiment.seq_len == 100 and len(sentiment.pool) + len(sentiment.test) == 6  # 2 neutral
+    assert sentiment.seq_len == SENTIMENT_SEQ_LEN
+    assert len(sentiment.pool) + len(sentiment.test) == 6  # 2 neutral
+    # the vocabulary is counted over the public Brown corpus, not the clients' sentences
+    assert sentiment.vocab == sentiment_vocab(data_dir)
+    assert sentiment.vocab is not None and "jury" in sentiment.vocab.words
+    assert "film" not in sentiment.vocab.words  # only in a sentiment sentence
 
 
 # ---------------------------------------------------------------- the real thing

@@ -122,3 +122,38 @@ def test_pretraining_refuses_to_overwrite(corpora, tmp_path):
     with pytest.raises(ConfigError, match="already exists"):
         pretrain(model="lstm", task="sotu", out=existing)
     assert existing.read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+def test_sentiment_pretraining_is_a_next_word_model_that_fine_tunes_into_a_classifier(
+    corpora, tmp_path
+):
+    from shared_models.checkpoint import apply_checkpoint
+    from shared_models.config import RunConfig
+    from shared_models.registry import build_model
+    from shared_models.tokenizer import WordVocab, vocab_from_json
+    from simulations.apps import model_config_for
+    from simulations.datasets import load_dataset
+    from simulations.pretrain import pretrain
+
+    result = pretrain(
+        model="transformer",
+        task="sentiment",
+        out=tmp_path / "lm.safetensors",
+        epochs=1,
+        max_windows=300,
+    )
+    lm = load_checkpoint(result.path)
+    vocab = vocab_from_json(lm.vocab or "")
+    assert isinstance(vocab, WordVocab)
+    # a language model over the task's word vocabulary, reading the last position
+    assert lm.model_config.pooling == "last" and lm.model_config.num_classes == len(vocab)
+    data = load_dataset("sentiment", data_dir=corpora)
+    classifier = model_config_for(RunConfig(model="transformer", dataset="sentiment"), data)
+    assert classifier.pooling == "mean" and classifier.num_classes == 2
+    model = build_model(classifier)
+    fresh = apply_checkpoint(model, lm, classifier, vocab=data.vocab.to_json())
+    assert fresh == ["head.bias", "head.weight"]  # embedding and blocks come from Brown
+    assert torch.equal(
+        model.state_dict()["token_embed.weight"], lm.state_dict["token_embed.weight"]
+    )

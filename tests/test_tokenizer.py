@@ -1,4 +1,5 @@
-"""CharVocab: build order, encode/decode round trips, unknown characters, JSON round trip."""
+"""CharVocab and WordVocab: build order, encode/decode round trips, unknown tokens,
+JSON round trips, and reading either kind back with vocab_from_json."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import numpy as np
 import pytest
 
 from shared_models.errors import DataError
-from shared_models.tokenizer import PAD_ID, UNK_CHAR, UNK_ID, CharVocab
+from shared_models.tokenizer import (
+    PAD_ID,
+    UNK_CHAR,
+    UNK_ID,
+    UNK_WORD,
+    CharVocab,
+    WordVocab,
+    tokenize_words,
+    vocab_from_json,
+)
 
 TEXT = (
     "Fellow-Citizens of the Senate and House of Representatives: In meeting you again "
@@ -89,3 +99,89 @@ def test_vocab_validates_its_characters() -> None:
         CharVocab(chars=("a", "a"))
     with pytest.raises(DataError, match="one character"):
         CharVocab(chars=("ab",))
+
+
+# ---------------------------------------------------------------- WordVocab
+
+REVIEW = "Don't buy it: the plot is BORING, the acting worse... 2/10!"
+
+
+def test_tokenize_words_lowercases_and_splits_punctuation() -> None:
+    assert tokenize_words(REVIEW) == [
+        "don't", "buy", "it", ":", "the", "plot", "is", "boring", ",", "the", "acting",
+        "worse", ".", ".", ".", "2", "/", "10", "!",
+    ]  # fmt: skip
+    assert tokenize_words("  \n\t ") == []
+    assert tokenize_words("Café's naïve 😀") == ["café's", "naïve", "😀"]
+
+
+def test_word_build_orders_by_frequency_then_alphabet() -> None:
+    vocab = WordVocab.build(["b a c a", "c b a"])
+    # a:3, b:2, c:2 (tie -> alphabetical)
+    assert vocab.words == ("a", "b", "c") and len(vocab) == 5
+    assert vocab.encode("A c B").tolist() == [2, 4, 3]
+    assert WordVocab.build(["x y", "y z"], max_size=3).words == ("y",)
+    assert WordVocab.build(["x y", "y z"], min_count=2).words == ("y",)
+    with pytest.raises(DataError, match="max_size must be >= 3"):
+        WordVocab.build(["a"], max_size=2)
+
+
+def test_word_encode_decode_round_trip() -> None:
+    vocab = WordVocab.build([REVIEW])
+    ids = vocab.encode(REVIEW)
+    assert ids.dtype == np.int64 and ids.shape == (len(tokenize_words(REVIEW)),)
+    assert ids.min() >= 2 and ids.max() < len(vocab)
+    assert vocab.decode(ids) == " ".join(tokenize_words(REVIEW))
+    assert vocab.decode(vocab.encode(vocab.decode(ids))) == vocab.decode(ids)
+    assert vocab.encode("").shape == (0,) and vocab.decode([]) == ""
+
+
+def test_word_decode_drops_pad_and_shows_unk() -> None:
+    vocab = WordVocab.build(["good film"])
+    ids = np.array([*vocab.encode("good film"), UNK_ID, PAD_ID, PAD_ID])
+    assert vocab.decode(ids) == f"good film {UNK_WORD}"
+    with pytest.raises(DataError, match=r"token id 4 is outside \[0, 4\)"):
+        vocab.decode([2, 4])
+
+
+def test_unknown_words_are_refused_or_mapped_to_unk() -> None:
+    vocab = WordVocab.build(["a good film"])
+    with pytest.raises(DataError, match=r"word 'bad' at token 1 is not in the vocabulary"):
+        vocab.encode("a bad film")
+    assert vocab.encode("a bad film", unknown="unk").tolist() == [2, UNK_ID, 3]  # a, film, good
+    with pytest.raises(ValueError, match="unknown must be"):
+        vocab.encode("a", unknown="drop")  # type: ignore[arg-type]
+
+
+def test_word_json_round_trip_keeps_ids() -> None:
+    vocab = WordVocab.build([REVIEW, "naïve — “quoted” 😀"])
+    text = vocab.to_json()
+    assert text.isascii() and '"kind": "word-vocab"' in text
+    again = WordVocab.from_json(text)
+    assert again == vocab
+    assert np.array_equal(again.encode(REVIEW), vocab.encode(REVIEW))
+
+
+def test_vocab_from_json_reads_either_kind_and_refuses_others() -> None:
+    chars, words = CharVocab.build([REVIEW]), WordVocab.build([REVIEW])
+    assert vocab_from_json(chars.to_json()) == chars
+    assert vocab_from_json(words.to_json()) == words
+    with pytest.raises(DataError, match="kind 'word-vocab'"):
+        WordVocab.from_json(chars.to_json())
+    with pytest.raises(DataError, match="kind 'char-vocab'"):
+        CharVocab.from_json(words.to_json())
+    for foreign in ('{"kind": "bpe", "merges": []}', "[1]", '"abc"'):
+        with pytest.raises(DataError, match="kind 'char-vocab' or 'word-vocab'"):
+            vocab_from_json(foreign)
+    with pytest.raises(DataError, match="not valid JSON"):
+        vocab_from_json("not json")
+    with pytest.raises(DataError, match="version 2 is not supported"):
+        vocab_from_json('{"kind": "word-vocab", "version": 2, "words": []}')
+
+
+@pytest.mark.parametrize("entry", ["Good", "two words", "", "don't!", 3])
+def test_word_vocab_refuses_entries_that_are_not_one_token(entry: object) -> None:
+    with pytest.raises(DataError, match="one lowercase token"):
+        WordVocab(words=("ok", entry))  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="twice"):
+        WordVocab(words=("ok", "ok"))
