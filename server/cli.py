@@ -81,17 +81,12 @@ def init(
     typer.echo("")
     typer.echo("Copy to each site K, and nothing else:")
     typer.echo(f"  {rel(CA_CERT)}  and  {rel(NODES_DIR + '/node-K.key')}")
-    typer.echo("On the SuperLink machine (registrations live in --database):")
-    typer.echo(
-        f"  flower-superlink --host 0.0.0.0 --database state.db --enable-supernode-auth "
-        f"--ssl-ca-certfile {rel(CA_CERT)} --ssl-certfile {rel(SERVER_CERT)} "
-        f"--ssl-keyfile {rel(SERVER_KEY)}"
-    )
-    typer.echo(f"  flwr supernode register {rel(NODES_DIR + '/node-K.pub')} <connection>")
+    typer.echo("On this machine, start the coordinator (add --host 0.0.0.0 for remote sites):")
+    typer.echo(f"  {PROG} start {d.directory} --test-data TEST_FOLDER --nodes {nodes}")
     typer.echo("At site K:")
     typer.echo(
-        f"  flower-supernode --superlink {result.hosts[0]}:8000 --root-certificates ca.crt "
-        "--auth-supernode-private-key node-K.key"
+        f"  fedpriv-client start --server {result.hosts[0]}:8000 --data DATA_FOLDER "
+        "--ca ca.crt --key node-K.key"
     )
 
 
@@ -207,7 +202,7 @@ def start(
         "no DP"
         if eps is None
         else (
-            f"node ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
+            f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
             f"[example-level, cumulative, δ={privacy['delta']:g}, {accountant.upper()}]"
         )
     )
