@@ -27,7 +27,7 @@ from pathlib import Path
 
 from shared_models.config import DPConfig, RunConfig
 from simulations.cli import configure_logging, simulate
-from simulations.pretrain import pretrain
+from simulations.pretrain import DEFAULT_LEARNING_RATES, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -36,9 +36,8 @@ START, END = "<!-- text-privacy-utility:start -->", "<!-- text-privacy-utility:e
 # about 5 minutes (eps 1: 0.487 in 302 s, eps 3: 0.532 in 323 s, 2026-11-24), 8 cells 40 min.
 COMBOS = [("lstm", "sotu"), ("transformer", "sotu"), ("transformer", "sentiment")]
 EPSILONS: list[float | None] = [1.0, 3.0, 8.0, None]  # None: no DP (the baseline)
-# Pretraining SGD learning rates (next-token prediction on Brown, both tasks): the
-# Transformer diverges at the LSTM's 1.0.
-LEARNING_RATES = {"lstm": 1.0, "transformer": 0.3}
+# Pretraining SGD learning rates (next-token prediction on Brown): pretrain's own defaults.
+LEARNING_RATES = DEFAULT_LEARNING_RATES
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def start_coordinator(
             run did not complete; the message says which, in one line.
     """
     run_dir = run_dir.resolve()
-    cfg = _with(cfg, run_dir=str(run_dir))
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     logs = coordinator.deployment / LOGS
     logs.mkdir(exist_ok=True)
     env = flower_env(coordinator.flwr_home)
@@ -340,7 +340,3 @@ def _json_of(text: str) -> dict:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _with(cfg: RunConfig, **changes: object) -> RunConfig:
-    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]

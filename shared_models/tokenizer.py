@@ -30,7 +30,7 @@ import functools
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -107,19 +107,10 @@ class CharVocab:
         Raises:
             DataError: ``max_size`` < 3 or ``min_count`` < 1.
         """
-        if max_size is not None and max_size < _NUM_SPECIAL + 1:
-            raise DataError(f"max_size must be >= 3 (PAD, UNK and one character), got {max_size}")
-        if min_count < 1:
-            raise DataError(f"min_count must be >= 1, got {min_count}")
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(text)
-        ranked = sorted(
-            (c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], ord(c))
-        )
-        if max_size is not None:
-            ranked = ranked[: max_size - _NUM_SPECIAL]
-        return cls(chars=tuple(ranked))
+        return cls(chars=_most_frequent(counts, max_size, min_count, "character", key=ord))
 
     def __len__(self) -> int:
         """Vocabulary size, PAD and UNK included: token ids lie in [0, len(self))."""
@@ -174,10 +165,7 @@ class CharVocab:
         Raises:
             DataError: an id is outside [0, len(self)).
         """
-        array = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(array) and (array.min() < 0 or array.max() >= len(self)):
-            bad = int(array[(array < 0) | (array >= len(self))][0])
-            raise DataError(f"token id {bad} is outside [0, {len(self)}); wrong vocabulary?")
+        array = _checked_ids(ids, len(self))
         table = ("", UNK_CHAR, *self.chars)
         return "".join(table[i] for i in array.tolist())
 
@@ -257,19 +245,10 @@ class WordVocab:
         Raises:
             DataError: ``max_size`` < 3 or ``min_count`` < 1.
         """
-        if max_size is not None and max_size < _NUM_SPECIAL + 1:
-            raise DataError(f"max_size must be >= 3 (PAD, UNK and one word), got {max_size}")
-        if min_count < 1:
-            raise DataError(f"min_count must be >= 1, got {min_count}")
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tokenize_words(text))
-        ranked = sorted(
-            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
-        )
-        if max_size is not None:
-            ranked = ranked[: max_size - _NUM_SPECIAL]
-        return cls(words=tuple(ranked))
+        return cls(words=_most_frequent(counts, max_size, min_count, "word", key=str))
 
     def __len__(self) -> int:
         """Vocabulary size, PAD and UNK included: token ids lie in [0, len(self))."""
@@ -316,10 +295,7 @@ class WordVocab:
         Raises:
             DataError: an id is outside [0, len(self)).
         """
-        array = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(array) and (array.min() < 0 or array.max() >= len(self)):
-            bad = int(array[(array < 0) | (array >= len(self))][0])
-            raise DataError(f"token id {bad} is outside [0, {len(self)}); wrong vocabulary?")
+        array = _checked_ids(ids, len(self))
         table = ("", UNK_WORD, *self.words)
         return " ".join(table[i] for i in array.tolist() if i != PAD_ID)
 
@@ -368,6 +344,40 @@ def vocab_from_json(text: str) -> Vocab:
             f"got {str(text)[:60]!r}; was it saved by CharVocab/WordVocab.to_json?"
         )
     return _KINDS[kind].from_json(text)
+
+
+def _most_frequent(
+    counts: Counter[str], max_size: int | None, min_count: int, unit: str, *, key: Callable
+) -> tuple[str, ...]:
+    """The tokens seen at least ``min_count`` times, most frequent first (ties by ``key``),
+    at most ``max_size - 2`` of them (PAD and UNK take two ids).
+
+    Raises:
+        DataError: ``max_size`` < 3 or ``min_count`` < 1.
+    """
+    if max_size is not None and max_size < _NUM_SPECIAL + 1:
+        raise DataError(f"max_size must be >= 3 (PAD, UNK and one {unit}), got {max_size}")
+    if min_count < 1:
+        raise DataError(f"min_count must be >= 1, got {min_count}")
+    ranked = sorted(
+        (t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], key(t))
+    )
+    if max_size is not None:
+        ranked = ranked[: max_size - _NUM_SPECIAL]
+    return tuple(ranked)
+
+
+def _checked_ids(ids: Iterable[int] | np.ndarray, size: int) -> np.ndarray:
+    """``ids`` as a flat int64 array, each in [0, size).
+
+    Raises:
+        DataError: an id is outside [0, size).
+    """
+    array = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(array) and (array.min() < 0 or array.max() >= size):
+        bad = int(array[(array < 0) | (array >= size)][0])
+        raise DataError(f"token id {bad} is outside [0, {size}); wrong vocabulary?")
+    return array
 
 
 def _read_json(

@@ -41,6 +41,7 @@ from server.certs import (
 )
 from server.cli import main
 from shared_models.errors import ConfigError
+from shared_models.processes import free_port
 
 HOSTS = ["superlink.example.org", "10.0.0.5", "[fd00::7]"]
 
@@ -309,19 +310,13 @@ def test_success_output_says_what_to_copy(
 # ---------------------------------------------------------------- a real SuperLink
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def superlink(deployment: Path, tmp_path: Path) -> Iterator[int]:
     """A ``flower-superlink`` serving TLS with the deployment's certificate; yields its port."""
     exe = shutil.which("flower-superlink", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("flower-superlink is not installed beside this interpreter")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr-home"),

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from shared_models.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 2
@@ -62,12 +63,6 @@ def _flwr_executable() -> str:
     found = shutil.which("flwr")
     assert found, "the `flwr` CLI is not installed next to this Python nor on PATH"
     return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -175,8 +170,8 @@ def flwr_env(tmp_path: Path) -> Iterator[dict[str, str]]:
             # Otherwise the SuperLink builds a per-run venv with `uv sync` (CUDA torch).
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             # Never reuse (or collide with) a SuperLink on the default ports.
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
             # `flwr run` launches `flower-superlink` from PATH: use this installation's.
             "PATH": str(Path(flwr).parent) + os.pathsep + env.get("PATH", ""),
             "PYTHONUNBUFFERED": "1",
