@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from client.local_data import load_test_data
+from server.client_dp import ClientLevelLedger, train_config, wrap_client_dp
 from server.loop import RoundRecord, run_rounds
 from server.plots import plot_accuracy_epsilon
 from server.run_folder import PLOT_FILE, RunFolder
@@ -69,10 +70,20 @@ def load_central_data(cfg: RunConfig) -> CentralData:
 
 
 def epsilon_label(config: RunConfig) -> str | None:
-    """How every epsilon of this run is labelled; ``None`` without DP."""
+    """How every example-level epsilon of this run is labelled; ``None`` without it."""
     if not config.dp.enabled:
         return None
     return f"example-level, cumulative, δ={config.dp.delta:g}, {config.dp.accountant.upper()}"
+
+
+def client_epsilon_label(config: RunConfig) -> str | None:
+    """How the client-level epsilon of this run is labelled; ``None`` without it."""
+    if not config.client_dp.enabled:
+        return None
+    return (
+        f"client-level, cumulative, δ={config.dp.delta:g}, {config.dp.accountant.upper()}, "
+        "no sampling amplification"
+    )
 
 
 def build_server_app(
@@ -118,17 +129,46 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         }
     )
     label = epsilon_label(cfg)
+    client_label = client_epsilon_label(cfg)
+    strategy = build_strategy(cfg)
+    client_ledger = None
+    if cfg.client_dp.enabled:
+        client_ledger = ClientLevelLedger.for_run(cfg.client_dp, cfg.dp, cfg.rounds)
+        strategy = wrap_client_dp(
+            strategy, cfg.client_dp, client_ledger.noise_multiplier, cfg.min_available_nodes
+        )
 
     def central_evaluate(rnd: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate_model(model, central.x_test, central.y_test)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
+    client_row = (
+        None
+        if client_ledger is None
+        else {
+            "delta": client_ledger.delta,
+            "accountant": client_ledger.accountant,
+            "noise_multiplier": client_ledger.noise_multiplier,
+            "mode": cfg.client_dp.mode,
+        }
+    )
+
     def on_round(record: RoundRecord) -> None:
-        folder.append_round(record)
-        logger.info("%s", progress_line(record, cfg, label))
+        folder.append_round(record, client_row)
+        logger.info("%s", progress_line(record, cfg, label, client_label))
 
     logger.info("run folder: %s", folder.path)
+    if client_ledger is not None:
+        logger.info(
+            "client-level DP (%s): noise multiplier %.4g, clipping norm %g%s, budget %s [%s]",
+            cfg.client_dp.mode,
+            client_ledger.noise_multiplier,
+            cfg.client_dp.clipping_norm,
+            " (initial)" if cfg.client_dp.adaptive else "",
+            "none" if client_ledger.budget is None else f"ε={client_ledger.budget:g}",
+            client_label,
+        )
     if start_from is not None:
         logger.info(
             "starting from checkpoint %s (sha256 %.12s, freshly initialised: %s)",
@@ -137,7 +177,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
             start_from["not_loaded"] or "none",
         )
     result = run_rounds(
-        build_strategy(cfg),
+        strategy,
         grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=cfg.rounds,
@@ -146,6 +186,8 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         min_nodes=cfg.min_available_nodes,
         evaluate_fn=central_evaluate,
         on_round=on_round,
+        client_ledger=client_ledger,
+        train_config=train_config(cfg.client_dp),
     )
     model_path = folder.save_model(
         result.arrays.to_torch_state_dict(), central.model_config, vocab=central.vocab
@@ -155,6 +197,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         folder.path / PLOT_FILE,
         title=f"fedpriv: {cfg.model} on {cfg.dataset}, {cfg.num_clients} clients",
         epsilon_label=label,
+        client_epsilon_label=client_label,
     )
     last = result.rounds[-1] if result.rounds else None
     summary = {
@@ -175,6 +218,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
             "delta": cfg.dp.delta if cfg.dp.enabled else None,
             "accountant": ACCOUNTANT_NAMES[cfg.dp.accountant] if cfg.dp.enabled else None,
             "target_epsilon": cfg.dp.target_epsilon if cfg.dp.enabled else None,
+            "client_level": _client_level_summary(cfg, client_ledger),
         },
         "wall_seconds": round(time.monotonic() - started, 2),
         "model_file": model_path.name,
@@ -206,16 +250,60 @@ def initial_model(cfg: RunConfig, central: CentralData) -> tuple[nn.Module, dict
     }
 
 
-def progress_line(record: RoundRecord, cfg: RunConfig, label: str | None) -> str:
+def _client_level_summary(cfg: RunConfig, ledger: ClientLevelLedger | None) -> dict | None:
+    if ledger is None:
+        return None
+    return {
+        "guarantee": (
+            "client-level DP of each client's whole participation (clipped updates, "
+            "Gaussian noise on their mean), cumulative over all rounds, no sampling amplification"
+        ),
+        "mode": cfg.client_dp.mode,
+        "epsilon": ledger.epsilon(),
+        "delta": ledger.delta,
+        "accountant": ACCOUNTANT_NAMES[ledger.accountant],
+        "noise_multiplier": ledger.noise_multiplier,
+        "releases": ledger.releases,
+        "budget": ledger.budget,
+    }
+
+
+def privacy_summary_text(summary: dict) -> str:
+    """The final privacy figures of a run's ``summary.json``, labelled, in one phrase."""
+    privacy = summary["privacy"]
+    parts = []
+    if privacy["epsilon_max"] is not None:
+        parts.append(
+            f"client ε max {privacy['epsilon_max']:.3f}, mean {privacy['epsilon_mean']:.3f} "
+            f"[example-level, cumulative, δ={privacy['delta']:g}, "
+            f"{privacy['accountant'].split()[0]}]"
+        )
+    client = privacy.get("client_level")
+    if client is not None:
+        parts.append(
+            f"federation ε {client['epsilon']:.3f} [client-level, cumulative, "
+            f"δ={client['delta']:g}, {client['accountant'].split()[0]}, "
+            "no sampling amplification]"
+        )
+    return "; ".join(parts) or "no DP"
+
+
+def progress_line(
+    record: RoundRecord, cfg: RunConfig, label: str | None, client_label: str | None = None
+) -> str:
     """One line per round, as shown on screen."""
     acc = "n/a" if record.test_accuracy is None else f"{record.test_accuracy:.3f}"
     loss = "n/a" if record.test_loss is None else f"{record.test_loss:.3f}"
     if label is None:
-        privacy = "no DP"
+        privacy = "no DP" if client_label is None else "no example-level DP"
     elif record.epsilon_max is None:
         privacy = "ε: nothing spent yet"
     else:
         privacy = f"client ε max {record.epsilon_max:.3f} mean {record.epsilon_mean:.3f} [{label}]"
+    if client_label is not None and record.client_epsilon is not None:
+        clip = record.client_clipping_norm
+        clip_words = f", clip {clip:.3g}" if cfg.client_dp.adaptive and clip is not None else ""
+        privacy += f" | federation ε {record.client_epsilon:.3f}{clip_words} [{client_label}]"
     extra = f", {record.declined} declined" if record.declined else ""
     extra += f", {record.failed} failed" if record.failed else ""
     return (

@@ -22,7 +22,7 @@ import typer
 from server.certs import CA_CERT, CA_KEY, NODES_DIR, SERVER_CERT, SERVER_KEY, init_deployment
 from shared_models import cli as opt
 from shared_models.cli import run_command
-from shared_models.config import DPConfig, RunConfig
+from shared_models.config import ClientDPConfig, DPConfig, RunConfig
 
 PROG = "fedpriv-server"
 
@@ -144,12 +144,18 @@ def start(
     max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
     delta: opt.Delta = _D.dp.delta,
     accountant: opt.Accountant = _D.dp.accountant,
+    client_dp: opt.ClientDP = _D.client_dp.mode,
+    client_epsilon: opt.ClientEpsilon = None,
+    client_noise: opt.ClientNoise = None,
+    client_clip: opt.ClientClip = _D.client_dp.clipping_norm,
+    client_clip_quantile: opt.ClientClipQuantile = _D.client_dp.target_quantile,
+    client_clip_lr: opt.ClientClipLr = _D.client_dp.clip_learning_rate,
     init_checkpoint: opt.InitCheckpoint = _D.init_checkpoint,
     freeze: opt.Freeze = _D.freeze,
 ) -> None:
     # Import late: `init` should not pay for torch.
     from client.local_data import read_meta
-    from server.app import initial_model, load_central_data
+    from server.app import initial_model, load_central_data, privacy_summary_text
     from server.deploy import Coordinator, start_coordinator
     from server.run_folder import RunFolder
     from shared_models.processes import exit_on_termination
@@ -180,6 +186,14 @@ def start(
             delta=delta,
             accountant=accountant,
         ),
+        client_dp=ClientDPConfig(
+            mode=client_dp,
+            target_epsilon=client_epsilon,
+            noise_multiplier=client_noise,
+            clipping_norm=client_clip,
+            target_quantile=client_clip_quantile,
+            clip_learning_rate=client_clip_lr,
+        ),
     )
     coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
     # Up-front checks: test data, model, checkpoint and run folder, before any process starts.
@@ -196,16 +210,7 @@ def start(
     summary = start_coordinator(
         config, coordinator, folder.path, lambda line: typer.echo(line, err=True)
     )
-    privacy = summary["privacy"]
-    eps = privacy["epsilon_max"]
-    eps_text = (
-        "no DP"
-        if eps is None
-        else (
-            f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} "
-            f"[example-level, cumulative, δ={privacy['delta']:g}, {accountant.upper()}]"
-        )
-    )
+    eps_text = privacy_summary_text(summary)
     acc = summary["test_accuracy"]
     typer.echo(
         f"run {summary['flower_run_id']} completed: {summary['rounds_completed']} round(s), "

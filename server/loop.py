@@ -19,6 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.client_dp import ClientLevelLedger, clipping_norm, set_clients
+from shared_models.errors import PrivacyBudgetError
 from shared_models.messages import DECLINED_BUDGET, EVAL_ACCURACY, EVAL_LOSS, TrainReport
 
 logger = logging.getLogger(__name__)
@@ -30,9 +32,12 @@ CentralEvaluateFn = Callable[[int, ArrayRecord], MetricRecord]
 class RoundRecord:
     """What happened in one round. Epsilons are cumulative per client.
 
-    ``epsilon_max``/``epsilon_mean`` are over every client that has trained
-    so far (a client's spend does not fall when it sits a round out); ``None``
-    without DP.
+    ``epsilon_max``/``epsilon_mean`` are the example-level epsilons, over
+    every client that has trained so far (a client's spend does not fall when
+    it sits a round out); ``None`` without example-level DP.
+    ``client_epsilon`` is the federation's client-level epsilon after this
+    round (cumulative), ``client_clipping_norm`` the clipping norm the round
+    used; both ``None`` without client-level DP.
     """
 
     round: int
@@ -48,6 +53,8 @@ class RoundRecord:
     client_eval_accuracy: float | None
     epsilon_max: float | None
     epsilon_mean: float | None
+    client_epsilon: float | None = None
+    client_clipping_norm: float | None = None
     reports: list[TrainReport] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -64,7 +71,7 @@ class LoopResult:
 
     ``stopped_early`` says why the run ended before its last round; ``failed``
     is true when that reason is a failure (too few nodes), not a clean stop
-    (every budget spent).
+    (a privacy budget spent).
     """
 
     arrays: ArrayRecord
@@ -101,12 +108,20 @@ def run_rounds(
     min_nodes: int = 0,
     evaluate_fn: CentralEvaluateFn | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
+    client_ledger: ClientLevelLedger | None = None,
+    train_config: ConfigRecord | None = None,
 ) -> LoopResult:
     """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate.
 
     Before round 1 it waits up to ``timeout`` seconds for ``expected_nodes``
     connected nodes; before every round it needs at least ``min_nodes``. A
     round that cannot get them within ``timeout`` ends the run (``failed``).
+
+    With client-level DP (``strategy`` is a Flower DP wrapper and
+    ``client_ledger`` its ledger), a round that would take the federation past
+    its client-level budget is not started: the run ends cleanly. Each
+    aggregate is noised for the number of clients that replied, and counted
+    as one release.
     """
     arrays = initial_arrays
     latest_epsilon: dict[int, float] = {}
@@ -121,8 +136,17 @@ def run_rounds(
             )
             logger.error("%s; ending the run after %d completed round(s)", reason, rnd - 1)
             return LoopResult(arrays=arrays, rounds=records, stopped_early=reason, failed=True)
+        if client_ledger is not None:
+            try:
+                client_ledger.check_budget()
+            except PrivacyBudgetError as err:
+                reason = f"round {rnd} not started: {err}"
+                logger.warning("%s; ending the run after %d round(s)", reason, rnd - 1)
+                return LoopResult(arrays=arrays, rounds=records, stopped_early=reason)
         start = time.monotonic()
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+        clip = clipping_norm(strategy)
+        config = ConfigRecord(dict(train_config)) if train_config is not None else ConfigRecord()
+        messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [m for m in replies if not m.has_error()]
         declined = [m for m in replies if m.has_error() and m.error.code == DECLINED_BUDGET]
@@ -134,10 +158,13 @@ def run_rounds(
         silent = set(sent_to) - {m.metadata.reply_to_message_id for m in replies}
         failures += [f"node {sent_to[i]}: no reply within {timeout:g}s" for i in sorted(silent)]
         reports = [TrainReport.from_content(m.content) for m in ok]
+        set_clients(strategy, max(1, len(ok)))
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
         if new_arrays is not None:
             # Clients leave frozen tensors out of their updates: keep those as they are.
             arrays = ArrayRecord({**arrays, **new_arrays})
+            if client_ledger is not None:
+                client_ledger.record_release()
         for report in reports:
             if report.dp_enabled:
                 latest_epsilon[report.partition_id] = report.epsilon
@@ -163,6 +190,8 @@ def run_rounds(
             epsilon_mean=(
                 sum(latest_epsilon.values()) / len(latest_epsilon) if latest_epsilon else None
             ),
+            client_epsilon=client_ledger.epsilon() if client_ledger is not None else None,
+            client_clipping_norm=clip if client_ledger is not None else None,
             reports=reports,
             failures=failures,
         )

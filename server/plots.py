@@ -13,12 +13,19 @@ from server.loop import RoundRecord  # noqa: E402
 
 
 def plot_accuracy_epsilon(
-    records: list[RoundRecord], path: Path, *, title: str, epsilon_label: str | None
+    records: list[RoundRecord],
+    path: Path,
+    *,
+    title: str,
+    epsilon_label: str | None,
+    client_epsilon_label: str | None = None,
 ) -> Path:
-    """Two panels: central test accuracy; max and mean cumulative client epsilon.
+    """Two panels: central test accuracy; cumulative epsilon.
 
-    ``epsilon_label`` (e.g. "cumulative, δ=1e-05, RDP") names the guarantee;
-    ``None`` means DP was off and the epsilon panel says so.
+    The epsilon panel has the clients' example-level epsilon (max and mean)
+    when ``epsilon_label`` (e.g. "example-level, cumulative, δ=1e-05, RDP")
+    is given, and the federation's client-level epsilon when
+    ``client_epsilon_label`` is; with neither, DP was off and the panel says so.
     """
     rounds = [r.round for r in records]
     fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4))
@@ -26,11 +33,19 @@ def plot_accuracy_epsilon(
     ax_acc.plot(rounds, [a if a is not None else float("nan") for a in acc], marker="o")
     ax_acc.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title="Global model")
     ax_acc.grid(alpha=0.3)
-    if epsilon_label is None:
+    curves = []
+    if epsilon_label is not None:
+        curves += [
+            ("epsilon_max", f"client ε, max over clients [{epsilon_label}]"),
+            ("epsilon_mean", "client ε, mean over clients"),
+        ]
+    if client_epsilon_label is not None:
+        curves.append(("client_epsilon", f"federation ε [{client_epsilon_label}]"))
+    if not curves:
         ax_eps.text(0.5, 0.5, "no DP: no privacy guarantee", ha="center", va="center")
         ax_eps.set_axis_off()
     else:
-        for attr, label in (("epsilon_max", "max over clients"), ("epsilon_mean", "mean")):
+        for attr, label in curves:
             values = [getattr(r, attr) for r in records]
             ax_eps.plot(
                 rounds,
@@ -38,10 +53,8 @@ def plot_accuracy_epsilon(
                 marker="o",
                 label=label,
             )
-        ax_eps.set(
-            xlabel="round", ylabel=f"client ε ({epsilon_label})", title="Client privacy spent"
-        )
-        ax_eps.legend()
+        ax_eps.set(xlabel="round", ylabel="cumulative ε", title="Privacy spent")
+        ax_eps.legend(fontsize=7)
         ax_eps.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

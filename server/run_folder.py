@@ -2,8 +2,10 @@
 
     config.json            the resolved run settings
     metrics.jsonl          one line per round (accuracy, loss, epsilons, timing)
-    privacy_ledger.jsonl   one line per client per round: its cumulative and
-                           this-round epsilon, delta, accountant, noise, steps
+    privacy_ledger.jsonl   one line per client per round ("example-level": its
+                           cumulative and this-round epsilon, delta, accountant,
+                           noise, steps), and one per round for the federation
+                           ("client-level": cumulative epsilon, noise, clip)
     summary.json           final figures and where everything is
     accuracy_epsilon.png   test accuracy and cumulative epsilon per round
     model.safetensors      the final global weights (model config in metadata)
@@ -62,9 +64,32 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         write_json_atomic(self.path / CONFIG_FILE, config)
 
-    def append_round(self, record: RoundRecord) -> None:
+    def append_round(self, record: RoundRecord, client_level: dict[str, Any] | None = None) -> None:
+        """Append the round's metrics and ledger rows.
+
+        ``client_level`` (delta, accountant, noise multiplier) goes with the
+        federation's client-level row, when the run has client-level DP.
+        """
         _append_jsonl(self.path / METRICS_FILE, [record.as_row()])
-        rows = [{"round": record.round, **r.as_dict()} for r in record.reports]
+        rows = [
+            {
+                "round": record.round,
+                "guarantee": "example-level" if r.dp_enabled else "none",
+                **r.as_dict(),
+            }
+            for r in record.reports
+        ]
+        if client_level is not None and record.client_epsilon is not None:
+            rows.append(
+                {
+                    "round": record.round,
+                    "guarantee": "client-level",
+                    **client_level,
+                    "epsilon": record.client_epsilon,
+                    "clipping_norm": record.client_clipping_norm,
+                    "clients": record.trained,
+                }
+            )
         if rows:
             _append_jsonl(self.path / LEDGER_FILE, rows)
 

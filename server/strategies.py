@@ -30,6 +30,7 @@ from shared_models.config import STRATEGIES, RunConfig
 from shared_models.errors import ConfigError
 from shared_models.messages import (
     ARRAYS_KEY,
+    CLIENT_WEIGHT,
     CONFIG_KEY,
     EPSILON,
     EPSILON_ROUND,
@@ -51,7 +52,12 @@ _FACTORIES: dict[str, Callable[..., Strategy]] = {
 
 
 def build_strategy(config: RunConfig) -> Strategy:
-    """The strategy named by ``config.strategy``, sized for ``config.num_clients``."""
+    """The strategy named by ``config.strategy``, sized for ``config.num_clients``.
+
+    Under client-level DP the clients' updates are averaged with equal weights
+    (the noise is calibrated to a plain mean); the caller wraps the result in
+    a DP wrapper (:func:`server.client_dp.wrap_client_dp`).
+    """
     try:
         factory = _FACTORIES[config.strategy]
     except KeyError:
@@ -65,7 +71,7 @@ def build_strategy(config: RunConfig) -> Strategy:
         min_train_nodes=per_round,
         min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
         min_available_nodes=config.min_available_nodes,
-        weighted_by_key=NUM_EXAMPLES,
+        weighted_by_key=CLIENT_WEIGHT if config.client_dp.enabled else NUM_EXAMPLES,
         arrayrecord_key=ARRAYS_KEY,
         configrecord_key=CONFIG_KEY,
         train_metrics_aggr_fn=aggregate_train_metrics,

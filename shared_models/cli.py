@@ -90,3 +90,25 @@ InitCheckpoint = Annotated[
 Freeze = Annotated[
     str, typer.Option(help="comma-separated parameter prefixes clients keep fixed, e.g. embed")
 ]
+ClientDP = Annotated[
+    str,
+    typer.Option(
+        help="client-level DP: off | server-fixed | server-adaptive | client-fixed | "
+        "client-adaptive (who clips each client's update, to a fixed or adaptive norm)"
+    ),
+]
+ClientEpsilon = Annotated[
+    float | None,
+    typer.Option(help="the federation's cumulative client-level epsilon budget"),
+]
+ClientNoise = Annotated[
+    float | None,
+    typer.Option(help="client-level noise multiplier (instead of deriving it from the budget)"),
+]
+ClientClip = Annotated[
+    float, typer.Option(help="client-level clipping norm of an update (initial, if adaptive)")
+]
+ClientClipQuantile = Annotated[
+    float, typer.Option(help="adaptive clipping: quantile of update norms the norm tracks")
+]
+ClientClipLr = Annotated[float, typer.Option(help="adaptive clipping: norm learning rate")]

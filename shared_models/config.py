@@ -31,6 +31,15 @@ STRATEGIES: tuple[str, ...] = (
     "multikrum",
 )
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Client-level DP: who clips each client's update (server or client) and how
+#: (a fixed norm, or adaptive clipping to a quantile of the update norms).
+CLIENT_DP_MODES: tuple[str, ...] = (
+    "off",
+    "server-fixed",
+    "server-adaptive",
+    "client-fixed",
+    "client-adaptive",
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,79 @@ class DPConfig:
 
 
 @dataclass(frozen=True)
+class ClientDPConfig:
+    """Client-level DP: each client's whole update is clipped, the aggregate noised.
+
+    The guarantee covers a client's entire participation (all its records at
+    once), against anyone who sees the global models. Implemented with
+    Flower's ``DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping``
+    wrappers around FedAvg with equal client weights; the coordinator
+    accounts for it (``server/client_dp.py``). Delta and accountant are the
+    run's (``DPConfig.delta``/``accountant``).
+
+    Args:
+        mode: one of :data:`CLIENT_DP_MODES`; ``"off"`` disables it.
+        target_epsilon: the federation's client-level budget (cumulative, all
+            rounds). Without ``noise_multiplier`` the noise is derived so the
+            planned rounds end at (just under) it. The coordinator ends the
+            run before a round that would exceed it.
+        noise_multiplier: std of the noise on the *sum* of clipped updates,
+            as a multiple of the clipping norm (Flower adds
+            ``noise_multiplier * clip / clients`` to their mean). With
+            adaptive clipping this is the total: part of it goes to the noisy
+            count of clipped updates (Andrew et al. 2021).
+        clipping_norm: L2 bound on a client's update (the initial one with
+            adaptive clipping).
+        target_quantile: adaptive clipping moves the clipping norm towards this
+            quantile of the clients' update norms (0.5: the median; this
+            fraction of updates is left unclipped).
+        clip_learning_rate: step size of the adaptive (geometric) norm update.
+    """
+
+    mode: str = "off"
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    clipping_norm: float = 1.0
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.mode.endswith("-adaptive")
+
+    @property
+    def client_side(self) -> bool:
+        """Clients clip their own updates (the only kind that composes with secure aggregation)."""
+        return self.mode.startswith("client-")
+
+    def __post_init__(self) -> None:
+        if self.mode not in CLIENT_DP_MODES:
+            raise ConfigError(
+                f"unknown client-level DP mode '{self.mode}'; "
+                f"choose one of: {', '.join(CLIENT_DP_MODES)}"
+            )
+        for name in ("target_epsilon", "noise_multiplier"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{_CLIENT_DP_KEYS[name]} must be > 0, got {value}")
+        if self.enabled and self.target_epsilon is None and self.noise_multiplier is None:
+            raise ConfigError(
+                f"client-level DP ({self.mode}) needs --client-epsilon (a budget) "
+                "or --client-noise (a noise multiplier)"
+            )
+        if not (math.isfinite(self.clipping_norm) and self.clipping_norm > 0):
+            raise ConfigError(f"client-clip must be > 0, got {self.clipping_norm}")
+        if not 0 < self.target_quantile < 1:
+            raise ConfigError(f"client-clip-quantile must be in (0, 1), got {self.target_quantile}")
+        if not (math.isfinite(self.clip_learning_rate) and self.clip_learning_rate > 0):
+            raise ConfigError(f"client-clip-lr must be > 0, got {self.clip_learning_rate}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, validated at construction."""
 
@@ -145,6 +227,7 @@ class RunConfig:
         ""  # where the ServerApp writes the run folder ("": runs/<time>-<model>-<dataset>)
     )
     dp: DPConfig = field(default_factory=DPConfig)
+    client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
 
     def __post_init__(self) -> None:
         positive_ints = ("num_clients", "rounds", "local_epochs", "batch_size", "shards_per_client")
@@ -181,6 +264,16 @@ class RunConfig:
             raise ConfigError(
                 f"unknown device '{self.device}'; choose one of: {', '.join(DEVICES)}"
             )
+        if self.client_dp.enabled and self.strategy != "fedavg":
+            raise ConfigError(
+                f"client-level DP needs --strategy fedavg, got '{self.strategy}': the noise is "
+                "calibrated to a plain mean of clipped updates (see docs/privacy.md)"
+            )
+        if self.client_dp.enabled and self.frozen_prefixes:
+            raise ConfigError(
+                "client-level DP cannot be combined with --freeze: clipping and noise "
+                "need every tensor of the update"
+            )
 
     @property
     def min_available_nodes(self) -> int:
@@ -198,13 +291,15 @@ class RunConfig:
         """Flatten to kebab-case keys (``None`` values are left out)."""
         flat: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "dp":
-                continue
-            flat[_flag(f.name)] = getattr(self, f.name)
-        for f in dataclasses.fields(DPConfig):
-            value = getattr(self.dp, f.name)
-            if value is not None:
-                flat[_DP_KEYS[f.name]] = value
+            if f.name not in _SECTIONS:
+                flat[_flag(f.name)] = getattr(self, f.name)
+        for section, keys in _SECTIONS.items():
+            for name, key in keys.items():
+                value = getattr(getattr(self, section), name)
+                if value is None and key in _UNSET_AS_ZERO:
+                    value = 0.0
+                if value is not None:
+                    flat[key] = value
         return flat
 
     @classmethod
@@ -213,27 +308,46 @@ class RunConfig:
 
         Keys that are absent take the defaults of this class.
         """
-        top = {_flag(f.name): f for f in dataclasses.fields(cls) if f.name != "dp"}
-        dp_fields = {key: name for name, key in _DP_KEYS.items()}
+        top = {_flag(f.name): f for f in dataclasses.fields(cls) if f.name not in _SECTIONS}
+        nested = {
+            key: (section, name)
+            for section, keys in _SECTIONS.items()
+            for name, key in keys.items()
+        }
         kwargs: dict[str, Any] = {}
-        dp_kwargs: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
         for key, value in run_config.items():
             if key in top:
                 kwargs[top[key].name] = _coerce(key, value, type(getattr(_DEFAULT, top[key].name)))
-            elif key in dp_fields:
-                name = dp_fields[key]
+            elif key in nested:
+                section, name = nested[key]
                 kind = float if name in ("target_epsilon", "noise_multiplier") else None
-                default = getattr(_DEFAULT.dp, name)
-                dp_kwargs[name] = _coerce(key, value, kind or type(default))
+                default = getattr(getattr(_DEFAULT, section), name)
+                value = _coerce(key, value, kind or type(default))
+                if key in _UNSET_AS_ZERO and value == 0:
+                    value = None
+                sections[section][name] = value
             else:
-                known = sorted([*top, *dp_fields])
+                known = sorted([*top, *nested])
                 raise ConfigError(f"unknown setting '{key}'; known settings: {', '.join(known)}")
+        dp_kwargs = sections["dp"]
         if dp_kwargs.get("enabled") is False:
             dp_kwargs.setdefault("target_epsilon", None)
         if "noise_multiplier" in dp_kwargs and "target_epsilon" not in dp_kwargs:
             dp_kwargs["target_epsilon"] = None
-        return cls(**kwargs, dp=DPConfig(**dp_kwargs))
+        return cls(
+            **kwargs, dp=DPConfig(**dp_kwargs), client_dp=ClientDPConfig(**sections["client_dp"])
+        )
 
+
+_CLIENT_DP_KEYS = {
+    "mode": "client-dp",
+    "target_epsilon": "client-epsilon",
+    "noise_multiplier": "client-noise",
+    "clipping_norm": "client-clip",
+    "target_quantile": "client-clip-quantile",
+    "clip_learning_rate": "client-clip-lr",
+}
 
 _DP_KEYS = {
     "enabled": "dp",
@@ -243,6 +357,14 @@ _DP_KEYS = {
     "delta": "delta",
     "accountant": "accountant",
 }
+
+
+#: Optional settings that TOML (no null) writes as 0.0, meaning "not set", so that
+#: pyproject.toml can list them and ``flwr run --run-config`` can set them.
+_UNSET_AS_ZERO = frozenset({"client-epsilon", "client-noise"})
+
+#: The nested settings, flattened to these kebab-case keys.
+_SECTIONS = {"dp": _DP_KEYS, "client_dp": _CLIENT_DP_KEYS}
 
 
 def _flag(name: str) -> str:

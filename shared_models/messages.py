@@ -31,9 +31,14 @@ PRIVACY_KEY = "privacy"
 
 # Config sent by the server with every instruction (Flower adds "server-round").
 SERVER_ROUND = "server-round"
+# Train config under client-side client-level DP: "fixed" or "adaptive" clipping by the
+# client (Flower's wrapper adds the clipping norm itself).
+CLIENT_CLIP_MODE = "fedpriv-client-clip"
 
-# Metric keys. NUM_EXAMPLES is what the strategies weight by.
+# Metric keys. NUM_EXAMPLES is what the strategies weight by; CLIENT_WEIGHT (always 1)
+# under client-level DP, whose noise is calibrated to an unweighted mean.
 NUM_EXAMPLES = "num-examples"
+CLIENT_WEIGHT = "client-weight"
 TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"  # cumulative over every round this client took part in
 EPSILON_ROUND = "epsilon-round"  # this round alone: NOT cumulative
@@ -84,6 +89,7 @@ class TrainReport:
     def to_records(self) -> tuple[MetricRecord, ConfigRecord]:
         metrics: dict[str, MetricRecordValues] = {
             NUM_EXAMPLES: self.num_examples,
+            CLIENT_WEIGHT: 1,
             TRAIN_LOSS: self.train_loss,
             EPSILON: _finite_or_neg1(self.epsilon),
             EPSILON_ROUND: _finite_or_neg1(self.epsilon_round),
@@ -131,7 +137,12 @@ class EvalReport:
 
     def to_record(self) -> MetricRecord:
         return MetricRecord(
-            {NUM_EXAMPLES: self.num_examples, EVAL_LOSS: self.loss, EVAL_ACCURACY: self.accuracy}
+            {
+                NUM_EXAMPLES: self.num_examples,
+                CLIENT_WEIGHT: 1,
+                EVAL_LOSS: self.loss,
+                EVAL_ACCURACY: self.accuracy,
+            }
         )
 
     @classmethod

@@ -17,12 +17,13 @@ from typing import Annotated
 
 import typer
 
-from server.app import epsilon_label, initial_model
+from server.app import initial_model, privacy_summary_text
 from server.run_folder import SUMMARY_FILE, RunFolder
 from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
-from shared_models.config import DPConfig, RunConfig
+from shared_models.config import ClientDPConfig, DPConfig, RunConfig
 from shared_models.errors import FedprivError
+from simulations.plan import plan_app
 
 logger = logging.getLogger("simulations.cli")
 _D = RunConfig()
@@ -61,6 +62,12 @@ def run(
     max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
     delta: opt.Delta = _D.dp.delta,
     accountant: opt.Accountant = _D.dp.accountant,
+    client_dp: opt.ClientDP = _D.client_dp.mode,
+    client_epsilon: opt.ClientEpsilon = None,
+    client_noise: opt.ClientNoise = None,
+    client_clip: opt.ClientClip = _D.client_dp.clipping_norm,
+    client_clip_quantile: opt.ClientClipQuantile = _D.client_dp.target_quantile,
+    client_clip_lr: opt.ClientClipLr = _D.client_dp.clip_learning_rate,
     strategy: opt.Strategy = _D.strategy,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _D.device,
     out: Annotated[
@@ -99,6 +106,14 @@ def run(
             max_grad_norm=max_grad_norm,
             delta=delta,
             accountant=accountant,
+        ),
+        client_dp=ClientDPConfig(
+            mode=client_dp,
+            target_epsilon=client_epsilon,
+            noise_multiplier=client_noise,
+            clipping_norm=client_clip,
+            target_quantile=client_clip_quantile,
+            clip_learning_rate=client_clip_lr,
         ),
     )
     if client_cpus <= 0 or client_gpus < 0:
@@ -162,13 +177,7 @@ def simulate(
     if not summary_path.exists():
         raise FedprivError(f"the simulation ended without a summary in {folder.path}")
     summary = json.loads(summary_path.read_text())
-    privacy = summary["privacy"]
-    eps = privacy["epsilon_max"]
-    eps_text = (
-        "no DP"
-        if eps is None
-        else f"client ε max {eps:.3f}, mean {privacy['epsilon_mean']:.3f} [{epsilon_label(config)}]"
-    )
+    eps_text = privacy_summary_text(summary)
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
         time.monotonic() - started,
@@ -188,13 +197,23 @@ def _or_nan(value: float | None) -> float:
 
 def _privacy_words(config: RunConfig) -> str:
     if not config.dp.enabled:
-        return "no DP"
-    if config.dp.noise_multiplier is not None:
-        return f"DP-SGD with noise multiplier {config.dp.noise_multiplier:g}"
-    return (
-        f"DP-SGD to a cumulative ε budget of {config.dp.target_epsilon:g} per client "
-        f"(δ={config.dp.delta:g}, {config.dp.accountant.upper()})"
-    )
+        words = "no example-level DP" if config.client_dp.enabled else "no DP"
+    elif config.dp.noise_multiplier is not None:
+        words = f"DP-SGD with noise multiplier {config.dp.noise_multiplier:g}"
+    else:
+        words = (
+            f"DP-SGD to a cumulative ε budget of {config.dp.target_epsilon:g} per client "
+            f"(δ={config.dp.delta:g}, {config.dp.accountant.upper()})"
+        )
+    client = config.client_dp
+    if client.enabled:
+        words += f"; client-level DP ({client.mode}"
+        words += (
+            f", noise multiplier {client.noise_multiplier:g}" if client.noise_multiplier else ""
+        )
+        words += f", federation budget ε={client.target_epsilon:g}" if client.target_epsilon else ""
+        words += ")"
+    return words
 
 
 _OUR_LOGGERS = ("server", "client", "simulations")
@@ -265,7 +284,7 @@ def pretrain(
     )
 
 
-SUBCOMMANDS = {"data": data_app, "pretrain": pretrain_app}
+SUBCOMMANDS = {"data": data_app, "pretrain": pretrain_app, "plan": plan_app}
 
 
 def main(argv: list[str] | None = None) -> None:
