@@ -188,6 +188,8 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         on_round=on_round,
         client_ledger=client_ledger,
         train_config=train_config(cfg.client_dp),
+        frozen_prefixes=cfg.frozen_prefixes,
+        max_update_norm=cfg.max_update_norm,
     )
     model_path = folder.save_model(
         result.arrays.to_torch_state_dict(), central.model_config, vocab=central.vocab
@@ -305,6 +307,7 @@ def progress_line(
         clip_words = f", clip {clip:.3g}" if cfg.client_dp.adaptive and clip is not None else ""
         privacy += f" | federation ε {record.client_epsilon:.3f}{clip_words} [{client_label}]"
     extra = f", {record.declined} declined" if record.declined else ""
+    extra += f", {record.rejected} rejected" if record.rejected else ""
     extra += f", {record.failed} failed" if record.failed else ""
     return (
         f"round {record.round}/{cfg.rounds}: test acc {acc} loss {loss} | {privacy} | "

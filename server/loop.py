@@ -20,8 +20,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.client_dp import ClientLevelLedger, clipping_norm, set_clients
+from server.validation import Verdict, validate_reply
 from shared_models.errors import PrivacyBudgetError
-from shared_models.messages import DECLINED_BUDGET, EVAL_ACCURACY, EVAL_LOSS, TrainReport
+from shared_models.messages import (
+    DECLINED_BUDGET,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    PARTITION_ID,
+    TrainReport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class RoundRecord:
     epsilon_mean: float | None
     client_epsilon: float | None = None
     client_clipping_norm: float | None = None
+    rejected: int = 0
+    rejected_clients: list[int] = field(default_factory=list)
     reports: list[TrainReport] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -110,6 +119,8 @@ def run_rounds(
     on_round: Callable[[RoundRecord], None] | None = None,
     client_ledger: ClientLevelLedger | None = None,
     train_config: ConfigRecord | None = None,
+    frozen_prefixes: tuple[str, ...] = (),
+    max_update_norm: float | None = None,
 ) -> LoopResult:
     """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate.
 
@@ -122,6 +133,12 @@ def run_rounds(
     its client-level budget is not started: the run ends cleanly. Each
     aggregate is noised for the number of clients that replied, and counted
     as one release.
+
+    Every train reply is validated first (:mod:`server.validation`): one with
+    the wrong tensors, shapes or dtypes, non-finite values, an update norm
+    above ``max_update_norm`` or a malformed report is rejected, reported with
+    its node and reason, and not aggregated. Frozen tensors (names starting
+    with ``frozen_prefixes``) may be left out of a reply.
     """
     arrays = initial_arrays
     latest_epsilon: dict[int, float] = {}
@@ -157,9 +174,19 @@ def run_rounds(
         failures = [_describe_error(m, sent_to) for m in failed]
         silent = set(sent_to) - {m.metadata.reply_to_message_id for m in replies}
         failures += [f"node {sent_to[i]}: no reply within {timeout:g}s" for i in sorted(silent)]
-        reports = [TrainReport.from_content(m.content) for m in ok]
+        frozen = {k for k in arrays if k.startswith(frozen_prefixes)} if frozen_prefixes else set()
+        verdicts = [
+            validate_reply(m, arrays, may_omit=frozen, max_update_norm=max_update_norm) for m in ok
+        ]
+        rejected = [v for v in verdicts if not v.accepted]
+        for verdict in rejected:
+            failures.append(_describe_rejection(verdict, sent_to))
+            logger.warning("round %d: %s", rnd, failures[-1])
+        ok = [v.reply for v in verdicts if v.accepted]
+        reports = [v.report for v in verdicts if v.report is not None]  # spent, even if rejected
+        rejected_clients = [v.report.partition_id for v in rejected if v.report is not None]
         set_clients(strategy, max(1, len(ok)))
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, ok)
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, ok) if ok else (None, None)
         if new_arrays is not None:
             # Clients leave frozen tensors out of their updates: keep those as they are.
             arrays = ArrayRecord({**arrays, **new_arrays})
@@ -180,7 +207,9 @@ def run_rounds(
             sampled=len(messages),
             trained=len(ok),
             declined=len(declined),
-            failed=len(messages) - len(ok) - len(declined),
+            failed=len(messages) - len(ok) - len(declined) - len(rejected),
+            rejected=len(rejected),
+            rejected_clients=rejected_clients,
             train_loss=_get(train_metrics, "train-loss"),
             test_loss=_get(central, "loss"),
             test_accuracy=_get(central, "accuracy"),
@@ -210,6 +239,15 @@ def _get(metrics: MetricRecord | None, key: str) -> float | None:
         return None
     value = float(metrics[key])  # type: ignore[arg-type]
     return value if math.isfinite(value) else None
+
+
+def _describe_rejection(verdict: Verdict, sent_to: dict[str, int]) -> str:
+    msg = verdict.reply
+    node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+    metrics = next(iter(msg.content.metric_records.values()), None)
+    client = metrics.get(PARTITION_ID) if metrics is not None else None
+    who = f"node {node}" + (f" (client {int(client)})" if isinstance(client, (int, float)) else "")
+    return f"{who}: update rejected: {verdict.reason}"
 
 
 def _describe_error(msg: Message, sent_to: dict[str, int]) -> str:

@@ -76,6 +76,7 @@ class RunFolder:
                 "round": record.round,
                 "guarantee": "example-level" if r.dp_enabled else "none",
                 **r.as_dict(),
+                "update_accepted": r.partition_id not in record.rejected_clients,
             }
             for r in record.reports
         ]

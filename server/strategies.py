@@ -1,10 +1,33 @@
 """The aggregation strategies a run can use, selected by name.
 
-All are Flower's own (``flwr.serverapp.strategy``), configured so that sampling waits for
+Flower's own (``flwr.serverapp.strategy``) plus norm-bounded FedAvg
+(:mod:`server.normbounded`), configured so that sampling waits for
 ``RunConfig.min_available_nodes`` connected nodes (the whole population in a
 simulation) and training metrics are aggregated by
 :func:`aggregate_train_metrics`. FedProx is left out on purpose: its proximal
 term's gradient is not per-sample, so Opacus would drop it under DP-SGD.
+
+Robust aggregation: ``fedmedian`` (coordinate-wise median), ``fedtrimmedavg``
+(drops the ``byzantine_fraction`` largest and smallest values of each
+coordinate), ``krum``/``multikrum`` (assume ``f = floor(byzantine_fraction x
+sampled)`` malicious clients), ``normbounded`` (FedAvg of updates clipped to
+``norm_bound``).
+
+Which combine with what (the rule ``RunConfig`` enforces where it can):
+
+- example-level DP (DP-SGD on the clients): every strategy. The noise is added
+  before an update leaves the client; aggregation is post-processing.
+- client-level DP: ``fedavg`` only. Flower's wrappers add noise calibrated to
+  a plain mean of clipped updates (sensitivity clip / clients) after the
+  wrapped strategy aggregates; a median, a trimmed mean, Krum's selection or a
+  server optimiser (FedAdam, FedAvgM) has another sensitivity, or would need
+  the noise before its own step. (``normbounded`` is redundant with it: the DP
+  wrapper already clips.)
+- secure aggregation (not available in Flower 1.41's Message API, see
+  docs/privacy.md): only aggregates that are sums of the updates, i.e.
+  ``fedavg``, with any clipping done on the client (``--client-dp
+  client-fixed``/``client-adaptive``). Median, trimmed mean, Krum and
+  server-side norm bounding all need to see each update.
 """
 
 from __future__ import annotations
@@ -26,6 +49,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from server.normbounded import NormBoundedFedAvg
 from shared_models.config import STRATEGIES, RunConfig
 from shared_models.errors import ConfigError
 from shared_models.messages import (
@@ -38,17 +62,26 @@ from shared_models.messages import (
     TRAIN_LOSS,
 )
 
-_FACTORIES: dict[str, Callable[..., Strategy]] = {
-    "fedadagrad": FedAdagrad,
-    "fedadam": FedAdam,
-    "fedavg": FedAvg,
-    "fedavgm": lambda **kw: FedAvgM(server_momentum=0.9, **kw),
-    "fedmedian": FedMedian,
-    "fedtrimmedavg": lambda **kw: FedTrimmedAvg(beta=0.2, **kw),
-    "fedyogi": FedYogi,
-    "krum": Krum,
-    "multikrum": MultiKrum,
-}
+
+def _factories(config: RunConfig, per_round: int) -> dict[str, Callable[..., Strategy]]:
+    """Each strategy's constructor, with its robustness settings from ``config``."""
+    byzantine = math.floor(config.byzantine_fraction * per_round)
+    return {
+        "fedadagrad": FedAdagrad,
+        "fedadam": FedAdam,
+        "fedavg": FedAvg,
+        "fedavgm": lambda **kw: FedAvgM(server_momentum=0.9, **kw),
+        "fedmedian": FedMedian,
+        "fedtrimmedavg": lambda **kw: FedTrimmedAvg(beta=config.byzantine_fraction, **kw),
+        "fedyogi": FedYogi,
+        "krum": lambda **kw: Krum(num_malicious_nodes=byzantine, **kw),
+        "multikrum": lambda **kw: MultiKrum(
+            num_malicious_nodes=byzantine,
+            num_nodes_to_select=max(1, per_round - byzantine),
+            **kw,
+        ),
+        "normbounded": lambda **kw: NormBoundedFedAvg(norm_bound=config.norm_bound, **kw),
+    }
 
 
 def build_strategy(config: RunConfig) -> Strategy:
@@ -58,13 +91,13 @@ def build_strategy(config: RunConfig) -> Strategy:
     (the noise is calibrated to a plain mean); the caller wraps the result in
     a DP wrapper (:func:`server.client_dp.wrap_client_dp`).
     """
+    per_round = max(1, math.floor(config.min_available_nodes * config.fraction_train))
     try:
-        factory = _FACTORIES[config.strategy]
+        factory = _factories(config, per_round)[config.strategy]
     except KeyError:
         raise ConfigError(
             f"unknown strategy '{config.strategy}'; choose one of: {', '.join(STRATEGIES)}"
         ) from None
-    per_round = max(1, math.floor(config.min_available_nodes * config.fraction_train))
     return factory(
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,

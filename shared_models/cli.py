@@ -112,3 +112,16 @@ ClientClipQuantile = Annotated[
     float, typer.Option(help="adaptive clipping: quantile of update norms the norm tracks")
 ]
 ClientClipLr = Annotated[float, typer.Option(help="adaptive clipping: norm learning rate")]
+MaxUpdateNorm = Annotated[
+    float | None,
+    typer.Option(help="reject client updates whose L2 norm exceeds this (default: no bound)"),
+]
+NormBound = Annotated[
+    float, typer.Option(help="the normbounded strategy clips each update to this L2 norm")
+]
+ByzantineFraction = Annotated[
+    float,
+    typer.Option(
+        help="fedtrimmedavg trims this fraction per side; krum assumes this x sampled bad"
+    ),
+]

@@ -29,7 +29,11 @@ STRATEGIES: tuple[str, ...] = (
     "fedyogi",
     "krum",
     "multikrum",
+    "normbounded",
 )
+#: Strategies whose aggregate is a plain (weighted) mean of the updates: the only ones
+#: client-level DP noise is calibrated for, and the only ones secure aggregation could run.
+LINEAR_STRATEGIES: tuple[str, ...] = ("fedavg",)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: Client-level DP: who clips each client's update (server or client) and how
 #: (a fixed norm, or adaptive clipping to a quantile of the update norms).
@@ -226,6 +230,10 @@ class RunConfig:
     run_dir: str = (
         ""  # where the ServerApp writes the run folder ("": runs/<time>-<model>-<dataset>)
     )
+    # Robustness: update validation and robust aggregation (see server/validation.py).
+    max_update_norm: float | None = None  # reject updates with a larger L2 norm (None: no bound)
+    norm_bound: float = 1.0  # the `normbounded` strategy clips each update to this L2 norm
+    byzantine_fraction: float = 0.2  # trimmed per side (fedtrimmedavg); Krum's f = this x sampled
     dp: DPConfig = field(default_factory=DPConfig)
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
 
@@ -246,7 +254,7 @@ class RunConfig:
             raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.fraction_evaluate <= 1:
             raise ConfigError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
-        for name in ("learning_rate", "dirichlet_alpha", "round_timeout"):
+        for name in ("learning_rate", "dirichlet_alpha", "round_timeout", "norm_bound"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
@@ -264,7 +272,15 @@ class RunConfig:
             raise ConfigError(
                 f"unknown device '{self.device}'; choose one of: {', '.join(DEVICES)}"
             )
-        if self.client_dp.enabled and self.strategy != "fedavg":
+        if self.max_update_norm is not None and not (
+            math.isfinite(self.max_update_norm) and self.max_update_norm > 0
+        ):
+            raise ConfigError(f"max-update-norm must be > 0, got {self.max_update_norm}")
+        if not 0 <= self.byzantine_fraction < 0.5:
+            raise ConfigError(
+                f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}"
+            )
+        if self.client_dp.enabled and self.strategy not in LINEAR_STRATEGIES:
             raise ConfigError(
                 f"client-level DP needs --strategy fedavg, got '{self.strategy}': the noise is "
                 "calibrated to a plain mean of clipped updates (see docs/privacy.md)"
@@ -292,7 +308,8 @@ class RunConfig:
         flat: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name not in _SECTIONS:
-                flat[_flag(f.name)] = getattr(self, f.name)
+                value = getattr(self, f.name)
+                flat[_flag(f.name)] = 0.0 if value is None else value
         for section, keys in _SECTIONS.items():
             for name, key in keys.items():
                 value = getattr(getattr(self, section), name)
@@ -317,7 +334,10 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         sections: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
         for key, value in run_config.items():
-            if key in top:
+            if key in _UNSET_AS_ZERO and key in top:
+                value = _coerce(key, value, float)
+                kwargs[top[key].name] = None if value == 0 else value
+            elif key in top:
                 kwargs[top[key].name] = _coerce(key, value, type(getattr(_DEFAULT, top[key].name)))
             elif key in nested:
                 section, name = nested[key]
@@ -361,7 +381,7 @@ _DP_KEYS = {
 
 #: Optional settings that TOML (no null) writes as 0.0, meaning "not set", so that
 #: pyproject.toml can list them and ``flwr run --run-config`` can set them.
-_UNSET_AS_ZERO = frozenset({"client-epsilon", "client-noise"})
+_UNSET_AS_ZERO = frozenset({"client-epsilon", "client-noise", "max-update-norm"})
 
 #: The nested settings, flattened to these kebab-case keys.
 _SECTIONS = {"dp": _DP_KEYS, "client_dp": _CLIENT_DP_KEYS}

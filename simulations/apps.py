@@ -23,6 +23,7 @@ from shared_models.config import RunConfig
 from shared_models.errors import ConfigError
 from shared_models.registry import ModelConfig
 from simulations.datasets import FederatedData
+from simulations.faults import FaultPlan
 from simulations.partition import PartitionSpec, cached_partitions, client_split
 
 VAL_FRACTION = 0.2  # of each client's partition, held out for its `evaluate`
@@ -102,8 +103,10 @@ def load_central_data(cfg: RunConfig) -> CentralData:
     return CentralData(model_config_for(cfg, data), data.test.x, data.test.y, vocab)
 
 
-def make_client_app(config: RunConfig | None = None) -> ClientApp:
-    return build_client_app(load_client_data, config)
+def make_client_app(config: RunConfig | None = None, faults: FaultPlan | None = None) -> ClientApp:
+    """The simulated nodes' ClientApp; ``faults`` makes some of them misbehave."""
+    mods = [faults.mod()] if faults is not None and faults.faults else None
+    return build_client_app(load_client_data, config, mods=mods)
 
 
 def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:

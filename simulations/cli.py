@@ -23,6 +23,7 @@ from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
 from shared_models.errors import FedprivError
+from simulations.faults import FaultPlan
 from simulations.plan import plan_app
 
 logger = logging.getLogger("simulations.cli")
@@ -69,12 +70,25 @@ def run(
     client_clip_quantile: opt.ClientClipQuantile = _D.client_dp.target_quantile,
     client_clip_lr: opt.ClientClipLr = _D.client_dp.clip_learning_rate,
     strategy: opt.Strategy = _D.strategy,
+    max_update_norm: opt.MaxUpdateNorm = None,
+    norm_bound: opt.NormBound = _D.norm_bound,
+    byzantine_fraction: opt.ByzantineFraction = _D.byzantine_fraction,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _D.device,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
     ] = None,
     init_checkpoint: opt.InitCheckpoint = _D.init_checkpoint,
     freeze: opt.Freeze = _D.freeze,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="make the last clients misbehave, e.g. nan:1,shape:1,huge:1 or signflip:2 "
+            "(nan, shape, huge, scale, signflip, crash)"
+        ),
+    ] = "",
+    fault_scale: Annotated[
+        float, typer.Option(help="factor of scale/signflip updates (signflip uses minus it)")
+    ] = 10.0,
     client_cpus: Annotated[float, typer.Option(help="CPUs per simulated client")] = 1.0,
     client_gpus: Annotated[float, typer.Option(help="GPUs per simulated client")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
@@ -96,6 +110,9 @@ def run(
         shards_per_client=shards_per_client,
         seed=seed,
         strategy=strategy,
+        max_update_norm=max_update_norm,
+        norm_bound=norm_bound,
+        byzantine_fraction=byzantine_fraction,
         device=device,
         init_checkpoint=init_checkpoint,
         freeze=freeze,
@@ -119,7 +136,15 @@ def run(
     if client_cpus <= 0 or client_gpus < 0:
         raise FedprivError("--client-cpus must be > 0 and --client-gpus >= 0")
     run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{dataset}"
-    simulate(config, run_dir, client_cpus=client_cpus, client_gpus=client_gpus, verbose=verbose)
+    plan = FaultPlan.parse(faults, config.num_clients, fault_scale) if faults else None
+    simulate(
+        config,
+        run_dir,
+        client_cpus=client_cpus,
+        client_gpus=client_gpus,
+        verbose=verbose,
+        faults=plan,
+    )
 
 
 def simulate(
@@ -129,6 +154,7 @@ def simulate(
     client_cpus: float = 1.0,
     client_gpus: float = 0.0,
     verbose: bool = False,
+    faults: FaultPlan | None = None,
 ) -> dict:
     """Check everything that can be checked up front, then run the federation.
 
@@ -159,10 +185,12 @@ def simulate(
         _privacy_words(config),
         folder.path,
     )
+    if faults is not None:
+        logger.info("faulty clients: %s", faults.describe())
     started = time.monotonic()
     run_simulation(
         server_app=make_server_app(config, folder.path),
-        client_app=make_client_app(config),
+        client_app=make_client_app(config, faults),
         num_supernodes=config.num_clients,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
