@@ -8,6 +8,7 @@ weights, the plot and the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -28,11 +29,20 @@ from client.local_data import load_test_data
 from server.client_dp import ClientLevelLedger, train_config, wrap_client_dp
 from server.loop import RoundRecord, run_rounds
 from server.plots import plot_accuracy_epsilon
-from server.run_folder import PLOT_FILE, RunFolder
+from server.round_checkpoint import (
+    RoundState,
+    load_latest,
+    restore_rng,
+    restore_strategy_state,
+    rng_state,
+    save_round,
+    strategy_state,
+)
+from server.run_folder import PLOT_FILE, RunFolder, round_rows
 from server.strategies import build_strategy
 from shared_models.checkpoint import apply_checkpoint, freeze, load_checkpoint
 from shared_models.config import RunConfig
-from shared_models.errors import FederationError
+from shared_models.errors import ConfigError, FederationError
 from shared_models.evaluation import evaluate_model
 from shared_models.registry import ModelConfig, build_model
 
@@ -113,21 +123,16 @@ def build_server_app(
 
 
 def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Path) -> dict:
-    """Run every round and write the run folder; return the summary."""
+    """Run every round and write the run folder; return the summary.
+
+    With ``cfg.resume`` set, continue that run folder from its newest round
+    checkpoint instead: same round numbers, weights, strategy state, privacy
+    ledger and random-number state; rounds already checkpointed are not redone.
+    """
     started = time.monotonic()
     random.seed(cfg.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(cfg.seed)
     model, start_from = initial_model(cfg, central)
-    folder = RunFolder.create(run_dir)
-    folder.write_config(
-        {
-            "run": cfg.to_run_config(),
-            "model": central.model_config.to_dict(),
-            "init_checkpoint": start_from,
-            "flwr_version": flwr.__version__,
-            "torch_version": torch.__version__,
-        }
-    )
     label = epsilon_label(cfg)
     client_label = client_epsilon_label(cfg)
     strategy = build_strategy(cfg)
@@ -137,6 +142,38 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         strategy = wrap_client_dp(
             strategy, cfg.client_dp, client_ledger.noise_multiplier, cfg.min_available_nodes
         )
+    model_config = central.model_config.to_dict()
+    if cfg.resume:
+        folder = RunFolder.open_existing(Path(cfg.resume))
+        resumed = _resume(folder, cfg, model, model_config)
+        restore_strategy_state(strategy, resumed.strategy_arrays, resumed.strategy_scalars)
+        if client_ledger is not None and resumed.client_ledger is not None:
+            client_ledger = ClientLevelLedger.from_state_dict(resumed.client_ledger)
+        restore_rng(resumed.rng)
+        history = [_record_from_row(row) for row in resumed.metrics_rows]
+        metrics_rows, ledger_rows = list(resumed.metrics_rows), list(resumed.ledger_rows)
+        initial_arrays, start_round = resumed.arrays, resumed.round + 1
+        latest_epsilon = resumed.latest_epsilon
+        logger.info(
+            "resuming %s from %s: round %d of %d next",
+            folder.path,
+            resumed.path.name if resumed.path else "?",
+            start_round,
+            cfg.rounds,
+        )
+    else:
+        folder = RunFolder.create(run_dir)
+        folder.write_config(
+            {
+                "run": cfg.to_run_config(),
+                "model": model_config,
+                "init_checkpoint": start_from,
+                "flwr_version": flwr.__version__,
+                "torch_version": torch.__version__,
+            }
+        )
+        history, metrics_rows, ledger_rows = [], [], []
+        initial_arrays, start_round, latest_epsilon = ArrayRecord(model.state_dict()), 1, {}
 
     def central_evaluate(rnd: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -154,8 +191,31 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         }
     )
 
-    def on_round(record: RoundRecord) -> None:
-        folder.append_round(record, client_row)
+    def on_round(record: RoundRecord, arrays: ArrayRecord, latest: dict[int, float]) -> None:
+        metrics_row, new_ledger_rows = round_rows(record, client_row)
+        metrics_rows.append(metrics_row)
+        ledger_rows.extend(new_ledger_rows)
+        strategy_arrays, strategy_scalars = strategy_state(strategy)
+        # The checkpoint first: a crash before the rows are appended loses nothing, since
+        # resuming rewrites the rows from the checkpoint.
+        save_round(
+            folder.path,
+            RoundState(
+                round=record.round,
+                arrays=arrays,
+                run_config=cfg.identity(),
+                model_config=model_config,
+                strategy_arrays=strategy_arrays,
+                strategy_scalars=strategy_scalars,
+                client_ledger=client_ledger.state_dict() if client_ledger is not None else None,
+                latest_epsilon=latest,
+                rng=rng_state(),
+                metrics_rows=metrics_rows,
+                ledger_rows=ledger_rows,
+            ),
+            keep=cfg.keep_checkpoints,
+        )
+        folder.append_rows(metrics_row, new_ledger_rows)
         logger.info("%s", progress_line(record, cfg, label, client_label))
 
     logger.info("run folder: %s", folder.path)
@@ -169,7 +229,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
             "none" if client_ledger.budget is None else f"ε={client_ledger.budget:g}",
             client_label,
         )
-    if start_from is not None:
+    if start_from is not None and not cfg.resume:
         logger.info(
             "starting from checkpoint %s (sha256 %.12s, freshly initialised: %s)",
             start_from["path"],
@@ -179,7 +239,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
     result = run_rounds(
         strategy,
         grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial_arrays,
         num_rounds=cfg.rounds,
         timeout=cfg.round_timeout,
         expected_nodes=cfg.num_clients,
@@ -190,7 +250,10 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         train_config=train_config(cfg.client_dp),
         frozen_prefixes=cfg.frozen_prefixes,
         max_update_norm=cfg.max_update_norm,
+        start_round=start_round,
+        latest_epsilon=latest_epsilon,
     )
+    result.rounds = history + result.rounds
     model_path = folder.save_model(
         result.arrays.to_torch_state_dict(), central.model_config, vocab=central.vocab
     )
@@ -222,6 +285,7 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
             "target_epsilon": cfg.dp.target_epsilon if cfg.dp.enabled else None,
             "client_level": _client_level_summary(cfg, client_ledger),
         },
+        "resumed_after_round": start_round - 1 if cfg.resume else None,
         "wall_seconds": round(time.monotonic() - started, 2),
         "model_file": model_path.name,
         "run_dir": str(folder.path),
@@ -230,6 +294,54 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
     if result.failed:  # saved first: the run's status must say it failed
         raise FederationError(f"{result.stopped_early}; run folder {folder.path}")
     return summary
+
+
+def resume_config(run_dir: Path, **overrides: object) -> RunConfig:
+    """The settings of the run in ``run_dir``, set to resume it (``overrides``: e.g. device)."""
+    folder = RunFolder.open_existing(run_dir)
+    saved = folder.read_config()
+    try:
+        cfg = RunConfig.from_run_config(saved["run"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise ConfigError(
+            f"{folder.path / 'config.json'} holds no valid run settings: {err}"
+        ) from None
+    return dataclasses.replace(
+        cfg,
+        resume=str(folder.path),
+        run_dir=str(folder.path),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def _resume(folder: RunFolder, cfg: RunConfig, model: nn.Module, model_config: dict) -> RoundState:
+    """The newest checkpoint of ``folder``, after checking it belongs to this run and model."""
+    saved = folder.read_config()
+    try:
+        saved_cfg = RunConfig.from_run_config(saved["run"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise ConfigError(
+            f"{folder.path / 'config.json'} holds no valid run settings: {err}"
+        ) from None
+    if saved_cfg.identity() != cfg.identity():
+        raise ConfigError(
+            f"the settings differ from those {folder.path} was started with; resume with the "
+            "run's own settings"
+        )
+    if saved.get("model") != model_config:
+        raise ConfigError(f"{folder.path} was run with another model: refusing to resume")
+    state = load_latest(folder.path, run_config=cfg.identity(), model_config=model_config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.arrays.items()}
+    if expected != found:
+        raise ConfigError(f"checkpoint {state.path} does not fit the model: refusing to resume")
+    folder.rewrite_history(state.metrics_rows, state.ledger_rows)
+    return state
+
+
+def _record_from_row(row: dict) -> RoundRecord:
+    names = {f.name for f in dataclasses.fields(RoundRecord)}
+    return RoundRecord(**{k: v for k, v in row.items() if k in names})
 
 
 def initial_model(cfg: RunConfig, central: CentralData) -> tuple[nn.Module, dict | None]:

@@ -15,14 +15,19 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 
 from server.certs import CA_CERT, CA_KEY, NODES_DIR, SERVER_CERT, SERVER_KEY, init_deployment
 from shared_models import cli as opt
 from shared_models.cli import run_command
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
+from shared_models.errors import ConfigError
+
+if TYPE_CHECKING:
+    from server.deploy import Coordinator
 
 PROG = "fedpriv-server"
 
@@ -99,16 +104,26 @@ _D = RunConfig()
     "the run completed."
 )
 def start(
+    ctx: typer.Context,
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="deployment folder made by fedpriv-server init")
     ],
     test_data: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="the coordinator's test-set data folder (role server), e.g. "
-            "server-test from fedpriv-client export-demo-data"
+            "server-test from fedpriv-client export-demo-data (required unless --resume)"
         ),
-    ],
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue this run folder from its last checkpoint, with the run's own settings"
+        ),
+    ] = None,
+    keep_checkpoints: Annotated[
+        int, typer.Option(help="round checkpoints kept in the run folder")
+    ] = _D.keep_checkpoints,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
     ] = None,
@@ -158,11 +173,31 @@ def start(
 ) -> None:
     # Import late: `init` should not pay for torch.
     from client.local_data import read_meta
-    from server.app import initial_model, load_central_data, privacy_summary_text
-    from server.deploy import Coordinator, start_coordinator
+    from server.app import initial_model, load_central_data, resume_config
+    from server.deploy import Coordinator
     from server.run_folder import RunFolder
-    from shared_models.processes import exit_on_termination
 
+    coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
+    if resume is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ctx.params
+            if name not in _RESUME_FLAGS
+            and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise ConfigError(
+                f"--resume continues a run with its own settings: leave out {', '.join(given)}"
+            )
+        config = resume_config(
+            resume, round_timeout=round_timeout, keep_checkpoints=keep_checkpoints
+        )
+        initial_model(config, load_central_data(config))
+        folder = RunFolder.open_existing(Path(config.resume))
+        _coordinate(config, coordinator, folder.path, insecure)
+        return
+    if test_data is None:
+        raise ConfigError("--test-data is required (the coordinator's test-set data folder)")
     test_data = test_data.expanduser().resolve()
     config = RunConfig(
         model=model,
@@ -184,6 +219,7 @@ def start(
         seed=seed,
         init_checkpoint=str(Path(init_checkpoint).resolve()) if init_checkpoint else "",
         freeze=freeze,
+        keep_checkpoints=keep_checkpoints,
         test_data=str(test_data),
         dp=DPConfig.from_flags(
             no_dp=no_dp,
@@ -201,11 +237,30 @@ def start(
             clip_learning_rate=client_clip_lr,
         ),
     )
-    coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
     # Up-front checks: test data, model, checkpoint and run folder, before any process starts.
     initial_model(config, load_central_data(config))
     run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{config.dataset}"
     folder = RunFolder.create(run_dir)
+    _coordinate(config, coordinator, folder.path, insecure)
+
+
+#: Flags that may go with --resume (where and how the coordinator listens, not what it computes).
+_RESUME_FLAGS = {
+    "directory",
+    "resume",
+    "host",
+    "port",
+    "insecure",
+    "round_timeout",
+    "keep_checkpoints",
+}
+
+
+def _coordinate(config: RunConfig, coordinator: Coordinator, run_dir: Path, insecure: bool) -> None:
+    from server.app import privacy_summary_text
+    from server.deploy import start_coordinator
+    from shared_models.processes import exit_on_termination
+
     if insecure:
         typer.echo(
             f"{PROG}: WARNING: --insecure: no TLS and no node authentication. Anyone who can "
@@ -214,14 +269,14 @@ def start(
         )
     exit_on_termination()
     summary = start_coordinator(
-        config, coordinator, folder.path, lambda line: typer.echo(line, err=True)
+        config, coordinator, run_dir, lambda line: typer.echo(line, err=True)
     )
     eps_text = privacy_summary_text(summary)
     acc = summary["test_accuracy"]
     typer.echo(
         f"run {summary['flower_run_id']} completed: {summary['rounds_completed']} round(s), "
         f"test accuracy {'n/a' if acc is None else f'{acc:.3f}'}; {eps_text}. "
-        f"Run folder: {folder.path}"
+        f"Run folder: {run_dir}"
     )
 
 

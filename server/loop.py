@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -116,11 +116,13 @@ def run_rounds(
     expected_nodes: int = 0,
     min_nodes: int = 0,
     evaluate_fn: CentralEvaluateFn | None = None,
-    on_round: Callable[[RoundRecord], None] | None = None,
+    on_round: Callable[[RoundRecord, ArrayRecord, dict[int, float]], None] | None = None,
     client_ledger: ClientLevelLedger | None = None,
     train_config: ConfigRecord | None = None,
     frozen_prefixes: tuple[str, ...] = (),
     max_update_norm: float | None = None,
+    start_round: int = 1,
+    latest_epsilon: dict[int, float] | None = None,
 ) -> LoopResult:
     """Run ``num_rounds`` rounds of train, federated evaluate, central evaluate.
 
@@ -139,19 +141,25 @@ def run_rounds(
     above ``max_update_norm`` or a malformed report is rejected, reported with
     its node and reason, and not aggregated. Frozen tensors (names starting
     with ``frozen_prefixes``) may be left out of a reply.
+
+    ``on_round(record, arrays, latest_epsilon)`` is called after every round
+    with the new global weights and each client's latest cumulative epsilon
+    (what a checkpoint needs). A resumed run starts at ``start_round`` with
+    ``initial_arrays`` and ``latest_epsilon`` from its checkpoint; its
+    returned ``rounds`` are only the rounds run now.
     """
     arrays = initial_arrays
-    latest_epsilon: dict[int, float] = {}
+    latest_epsilon = dict(latest_epsilon or {})
     records: list[RoundRecord] = []
-    for rnd in range(1, num_rounds + 1):
-        wanted = max(expected_nodes, min_nodes) if rnd == 1 else min_nodes
+    for rnd in range(start_round, num_rounds + 1):
+        wanted = max(expected_nodes, min_nodes) if rnd == start_round else min_nodes
         connected = wait_for_nodes(grid, wanted, timeout) if wanted else wanted
         if connected < min_nodes:
             reason = (
                 f"round {rnd} could not start: {connected} node(s) connected after waiting "
                 f"{timeout:g}s (round timeout), at least {min_nodes} needed (min-nodes)"
             )
-            logger.error("%s; ending the run after %d completed round(s)", reason, rnd - 1)
+            logger.error("%s; ending the run after %d round(s)", reason, rnd - 1)
             return LoopResult(arrays=arrays, rounds=records, stopped_early=reason, failed=True)
         if client_ledger is not None:
             try:
@@ -189,7 +197,7 @@ def run_rounds(
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok) if ok else (None, None)
         if new_arrays is not None:
             # Clients leave frozen tensors out of their updates: keep those as they are.
-            arrays = ArrayRecord({**arrays, **new_arrays})
+            arrays = _same_dtypes(ArrayRecord({**arrays, **new_arrays}), arrays)
             if client_ledger is not None:
                 client_ledger.record_release()
         for report in reports:
@@ -226,12 +234,22 @@ def run_rounds(
         )
         records.append(record)
         if on_round is not None:
-            on_round(record)
+            on_round(record, arrays, latest_epsilon)
         if messages and len(declined) == len(messages):
             reason = f"every sampled client declined round {rnd}: their privacy budgets are spent"
             logger.warning("%s; ending the run after %d completed round(s)", reason, rnd - 1)
             return LoopResult(arrays=arrays, rounds=records, stopped_early=reason)
     return LoopResult(arrays=arrays, rounds=records)
+
+
+def _same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
+    """``new`` with each tensor in ``old``'s dtype (Flower's FedOpt strategies return float64)."""
+    out = {}
+    for name, array in new.items():
+        if array.dtype != old[name].dtype:
+            array = Array(array.numpy().astype(old[name].numpy().dtype))
+        out[name] = array
+    return ArrayRecord(out)
 
 
 def _get(metrics: MetricRecord | None, key: str) -> float | None:

@@ -64,35 +64,41 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         write_json_atomic(self.path / CONFIG_FILE, config)
 
-    def append_round(self, record: RoundRecord, client_level: dict[str, Any] | None = None) -> None:
-        """Append the round's metrics and ledger rows.
+    @classmethod
+    def open_existing(cls, path: Path) -> RunFolder:
+        """An existing run folder, to resume: it must hold the run's ``config.json``."""
+        path = path.expanduser().resolve()
+        if not (path / CONFIG_FILE).is_file():
+            raise ConfigError(f"{path} is not a run folder to resume: it has no {CONFIG_FILE}")
+        return cls(path)
 
-        ``client_level`` (delta, accountant, noise multiplier) goes with the
-        federation's client-level row, when the run has client-level DP.
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read {self.path / CONFIG_FILE}: {err}") from None
+
+    def append_round(self, record: RoundRecord, client_level: dict[str, Any] | None = None) -> None:
+        """Append the round's metrics and ledger rows (see :func:`round_rows`)."""
+        metrics_row, ledger_rows = round_rows(record, client_level)
+        self.append_rows(metrics_row, ledger_rows)
+
+    def append_rows(self, metrics_row: dict[str, Any], ledger_rows: list[dict[str, Any]]) -> None:
+        _append_jsonl(self.path / METRICS_FILE, [metrics_row])
+        if ledger_rows:
+            _append_jsonl(self.path / LEDGER_FILE, ledger_rows)
+
+    def rewrite_history(
+        self, metrics_rows: list[dict[str, Any]], ledger_rows: list[dict[str, Any]]
+    ) -> None:
+        """Make ``metrics.jsonl`` and ``privacy_ledger.jsonl`` hold exactly these rows (atomically).
+
+        On resume: rows of a round that ran after the last checkpoint are dropped,
+        because that round runs again.
         """
-        _append_jsonl(self.path / METRICS_FILE, [record.as_row()])
-        rows = [
-            {
-                "round": record.round,
-                "guarantee": "example-level" if r.dp_enabled else "none",
-                **r.as_dict(),
-                "update_accepted": r.partition_id not in record.rejected_clients,
-            }
-            for r in record.reports
-        ]
-        if client_level is not None and record.client_epsilon is not None:
-            rows.append(
-                {
-                    "round": record.round,
-                    "guarantee": "client-level",
-                    **client_level,
-                    "epsilon": record.client_epsilon,
-                    "clipping_norm": record.client_clipping_norm,
-                    "clients": record.trained,
-                }
-            )
-        if rows:
-            _append_jsonl(self.path / LEDGER_FILE, rows)
+        for name, rows in ((METRICS_FILE, metrics_rows), (LEDGER_FILE, ledger_rows)):
+            text = "".join(json.dumps(_clean(r), default=str, allow_nan=False) + "\n" for r in rows)
+            _write_text_atomic(self.path / name, text)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY_FILE, summary)
@@ -105,6 +111,46 @@ class RunFolder:
         vocab: str | None = None,
     ) -> Path:
         return save_checkpoint(self.path / MODEL_FILE, state_dict, model_config, vocab=vocab)
+
+
+def round_rows(
+    record: RoundRecord, client_level: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A round's ``metrics.jsonl`` row and ``privacy_ledger.jsonl`` rows.
+
+    ``client_level`` (delta, accountant, noise multiplier, mode) goes with the
+    federation's client-level row, when the run has client-level DP.
+    """
+    ledger_rows = [
+        {
+            "round": record.round,
+            "guarantee": "example-level" if r.dp_enabled else "none",
+            **r.as_dict(),
+            "update_accepted": r.partition_id not in record.rejected_clients,
+        }
+        for r in record.reports
+    ]
+    if client_level is not None and record.client_epsilon is not None:
+        ledger_rows.append(
+            {
+                "round": record.round,
+                "guarantee": "client-level",
+                **client_level,
+                "epsilon": record.client_epsilon,
+                "clipping_norm": record.client_clipping_norm,
+                "clients": record.trained,
+            }
+        )
+    return _clean(record.as_row()), _clean(ledger_rows)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -230,6 +230,9 @@ class RunConfig:
     run_dir: str = (
         ""  # where the ServerApp writes the run folder ("": runs/<time>-<model>-<dataset>)
     )
+    # Checkpoints (server/round_checkpoint.py): kept after every round; resume continues a run.
+    keep_checkpoints: int = 3  # newest round checkpoints kept in RUN_DIR/checkpoints
+    resume: str = ""  # a run folder to continue from its last checkpoint ("": a new run)
     # Robustness: update validation and robust aggregation (see server/validation.py).
     max_update_norm: float | None = None  # reject updates with a larger L2 norm (None: no bound)
     norm_bound: float = 1.0  # the `normbounded` strategy clips each update to this L2 norm
@@ -238,7 +241,14 @@ class RunConfig:
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
 
     def __post_init__(self) -> None:
-        positive_ints = ("num_clients", "rounds", "local_epochs", "batch_size", "shards_per_client")
+        positive_ints = (
+            "num_clients",
+            "rounds",
+            "local_epochs",
+            "batch_size",
+            "shards_per_client",
+            "keep_checkpoints",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -290,6 +300,13 @@ class RunConfig:
                 "client-level DP cannot be combined with --freeze: clipping and noise "
                 "need every tensor of the update"
             )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoints (not where/how it resumes)."""
+        flat = self.to_run_config()
+        for key in RESUME_FREE_KEYS:
+            flat.pop(key, None)
+        return flat
 
     @property
     def min_available_nodes(self) -> int:
@@ -378,6 +395,9 @@ _DP_KEYS = {
     "accountant": "accountant",
 }
 
+
+#: Settings that may differ between a run and its resumption.
+RESUME_FREE_KEYS = ("resume", "run-dir", "round-timeout", "keep-checkpoints", "device")
 
 #: Optional settings that TOML (no null) writes as 0.0, meaning "not set", so that
 #: pyproject.toml can list them and ``flwr run --run-config`` can set them.

@@ -7,6 +7,7 @@ impossible privacy budget.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -15,14 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
-from server.app import initial_model, privacy_summary_text
+from server.app import initial_model, privacy_summary_text, resume_config
 from server.run_folder import SUMMARY_FILE, RunFolder
 from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
-from shared_models.errors import FedprivError
+from shared_models.errors import ConfigError, FedprivError
+from simulations.audit import audit_app
 from simulations.faults import FaultPlan
 from simulations.plan import plan_app
 
@@ -38,6 +41,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     "pretrains a text model on public text."
 )
 def run(
+    ctx: typer.Context,
     model: opt.Model = _D.model,
     dataset: Annotated[str, typer.Option(help="digits (embedded) | fashion-mnist")] = _D.dataset,
     data_dir: Annotated[str, typer.Option(help="folder of the dataset's files")] = _D.data_dir,
@@ -89,10 +93,41 @@ def run(
     fault_scale: Annotated[
         float, typer.Option(help="factor of scale/signflip updates (signflip uses minus it)")
     ] = 10.0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue this run folder from its last checkpoint, with the run's own settings"
+        ),
+    ] = None,
+    keep_checkpoints: Annotated[
+        int, typer.Option(help="round checkpoints kept in the run folder")
+    ] = _D.keep_checkpoints,
     client_cpus: Annotated[float, typer.Option(help="CPUs per simulated client")] = 1.0,
     client_gpus: Annotated[float, typer.Option(help="GPUs per simulated client")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
 ) -> None:
+    if resume is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ctx.params
+            if name not in _RESUME_FLAGS
+            and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise ConfigError(
+                f"--resume continues a run with its own settings: leave out {', '.join(given)}"
+            )
+        config = resume_config(resume, device=device, keep_checkpoints=keep_checkpoints)
+        plan = FaultPlan.parse(faults, config.num_clients, fault_scale) if faults else None
+        simulate(
+            config,
+            Path(config.resume),
+            client_cpus=client_cpus,
+            client_gpus=client_gpus,
+            verbose=verbose,
+            faults=plan,
+        )
+        return
     config = RunConfig(
         model=model,
         dataset=dataset,
@@ -116,6 +151,7 @@ def run(
         device=device,
         init_checkpoint=init_checkpoint,
         freeze=freeze,
+        keep_checkpoints=keep_checkpoints,
         dp=DPConfig.from_flags(
             no_dp=no_dp,
             target_epsilon=target_epsilon,
@@ -173,7 +209,13 @@ def simulate(
     # Up-front checks; they log nothing, so bad input shows its error line alone.
     _, parts = load_partitions(config)  # missing data / too many clients fail here
     initial_model(config, load_central_data(config))  # model/data/checkpoint/freeze errors
-    folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
+    if config.resume:
+        folder = RunFolder.open_existing(run_dir)
+    else:
+        folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
+    # The simulated nodes keep their privacy ledgers in the run folder (so a resumed run
+    # continues them): they need to know where it is.
+    config = dataclasses.replace(config, run_dir=str(folder.path))
     sizes = sorted(len(p) for p in parts)
     logger.info(
         "%d clients (%s split, %d-%d examples each), %d rounds, %s; run folder %s",
@@ -244,6 +286,18 @@ def _privacy_words(config: RunConfig) -> str:
     return words
 
 
+#: Flags that may go with --resume (they do not change what the run computes).
+_RESUME_FLAGS = {
+    "resume",
+    "device",
+    "keep_checkpoints",
+    "client_cpus",
+    "client_gpus",
+    "verbose",
+    "faults",
+    "fault_scale",
+}
+
 _OUR_LOGGERS = ("server", "client", "simulations")
 
 
@@ -312,7 +366,7 @@ def pretrain(
     )
 
 
-SUBCOMMANDS = {"data": data_app, "pretrain": pretrain_app, "plan": plan_app}
+SUBCOMMANDS = {"data": data_app, "pretrain": pretrain_app, "plan": plan_app, "audit": audit_app}
 
 
 def main(argv: list[str] | None = None) -> None:
