@@ -237,8 +237,13 @@ def start(
             clip_learning_rate=client_clip_lr,
         ),
     )
-    # Up-front checks: test data, model, checkpoint and run folder, before any process starts.
+    # Up-front checks: test data, model, checkpoint, the federation's budget and the run
+    # folder, before any process starts. (Each node checks its own budget against its data.)
     initial_model(config, load_central_data(config))
+    if config.client_dp.enabled:
+        from server.client_dp import ClientLevelLedger
+
+        ClientLevelLedger.for_run(config.client_dp, config.dp, config.rounds)
     run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{config.dataset}"
     folder = RunFolder.create(run_dir)
     _coordinate(config, coordinator, folder.path, insecure)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +21,7 @@ import click
 import typer
 
 from server.app import initial_model, privacy_summary_text, resume_config
-from server.run_folder import SUMMARY_FILE, RunFolder
+from server.run_folder import METRICS_FILE, SUMMARY_FILE, RunFolder
 from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
@@ -204,11 +205,13 @@ def simulate(
         load_partitions,
         make_client_app,
         make_server_app,
+        split_client,
     )
 
     # Up-front checks; they log nothing, so bad input shows its error line alone.
     _, parts = load_partitions(config)  # missing data / too many clients fail here
     initial_model(config, load_central_data(config))  # model/data/checkpoint/freeze errors
+    _check_budgets(config, [len(split_client(config, p, i)[0]) for i, p in enumerate(parts)])
     if config.resume:
         folder = RunFolder.open_existing(run_dir)
     else:
@@ -230,6 +233,11 @@ def simulate(
     if faults is not None:
         logger.info("faulty clients: %s", faults.describe())
     started = time.monotonic()
+    # Ray 2.55 warns on every start that a future version will stop hiding GPUs from tasks
+    # with num_gpus=0; fedpriv relies on today's behaviour (--client-gpus 0 means CPU).
+    warnings.filterwarnings(
+        "ignore", message="Tip: In future versions of Ray", category=FutureWarning
+    )
     run_simulation(
         server_app=make_server_app(config, folder.path),
         client_app=make_client_app(config, faults),
@@ -247,6 +255,16 @@ def simulate(
     if not summary_path.exists():
         raise FedprivError(f"the simulation ended without a summary in {folder.path}")
     summary = json.loads(summary_path.read_text())
+    if summary["rounds_completed"] == 0:
+        failures = [
+            f
+            for line in (folder.path / METRICS_FILE).read_text().splitlines()
+            for f in json.loads(line).get("failures", [])
+        ]
+        raise FedprivError(
+            f"no client trained in any round: {failures[0] if failures else 'no replies'} "
+            f"(run folder {folder.path})"
+        )
     eps_text = privacy_summary_text(summary)
     logger.info(
         "done in %.0fs: test accuracy %.3f after %d round(s); %s. Run folder: %s",
@@ -259,6 +277,29 @@ def simulate(
     if summary["stopped_early"]:
         logger.warning("stopped early: %s", summary["stopped_early"])
     return summary
+
+
+def _check_budgets(config: RunConfig, train_sizes: list[int]) -> None:
+    """Refuse an impossible privacy budget before anything starts (the clients would fail).
+
+    Example-level: the smallest and the largest client (the extremes of the
+    sampling rate); client-level: the federation's noise.
+    """
+    from client.privacy import noise_for_target, plan_round
+    from server.client_dp import ClientLevelLedger
+
+    dp = config.dp
+    if dp.enabled and dp.noise_multiplier is None and dp.target_epsilon is not None:
+        for size in {min(train_sizes), max(train_sizes)}:
+            noise_for_target(
+                target_epsilon=dp.target_epsilon,
+                delta=dp.delta,
+                plan=plan_round(size, config.batch_size, config.local_epochs),
+                rounds=config.rounds,
+                accountant=dp.accountant,
+            )
+    if config.client_dp.enabled:
+        ClientLevelLedger.for_run(config.client_dp, config.dp, config.rounds)
 
 
 def _or_nan(value: float | None) -> float:
