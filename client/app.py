@@ -2,23 +2,36 @@
 
 ``train`` loads the global weights, checks that one more round fits the
 node's privacy budget (declining with an error reply if it does not), runs
-DP-SGD, records the steps in the node's ledger (kept in ``context.state``, so
-the cumulative epsilon is true across rounds) and replies with the unwrapped
+DP-SGD, records the steps in the node's ledger and replies with the unwrapped
 weights and a :class:`~shared_models.messages.TrainReport`. ``evaluate``
 reports loss and accuracy on the node's held-out split.
+
+The ledger: a deployed node (one with a ``data-path``) keeps it in its data
+folder (:mod:`client.node_ledger`), the source of truth across rounds, runs and
+restarts: it is read before the budget check and saved after training, before
+the reply leaves; the epsilon reported is the lifetime cumulative one over all
+runs on that data, and the budget is the lower of the run's target epsilon and
+the node's own ``privacy-budget``. A simulated node of ``fedpriv-sim`` keeps
+the same kind of file in the run folder (``node-ledgers/client-K``), so a
+resumed run continues it; under ``flwr run`` it keeps a per-run ledger in
+``context.state``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
+from client.clipping_mod import client_clipping_mod
 from client.data import ClientData, ClientDataFn
 from client.local_data import load_local_data
+from client.node_ledger import LedgerError, RunLedger, locked
 from client.privacy import PrivacyLedger, compute_epsilon, noise_for_target, plan_round
 from client.training import DPStep, train_locally
 from shared_models.checkpoint import freeze
@@ -46,33 +59,54 @@ NODE_DATA_PATH = "data-path"
 NODE_PARTITION_ID = "partition-id"
 #: Optional ``--node-config`` key: this node's device (auto | cpu | cuda), over the run's.
 NODE_DEVICE = "device"
+#: Optional ``--node-config`` key: the node's own cap on its lifetime cumulative epsilon
+#: (``fedpriv-client start --budget``); the run's target epsilon cannot raise it.
+NODE_PRIVACY_BUDGET = "privacy-budget"
+#: Where simulated nodes keep their ledgers, in the run folder.
+SIMULATED_LEDGERS = "node-ledgers"
+#: Error code of a reply from a node whose ledger file cannot be read or saved.
+LEDGER_UNUSABLE = 4002
 
 
-def build_client_app(load_data: ClientDataFn, config: RunConfig | None = None) -> ClientApp:
+def build_client_app(
+    load_data: ClientDataFn, config: RunConfig | None = None, *, mods: list[Mod] | None = None
+) -> ClientApp:
     """A ClientApp that trains on what ``load_data`` returns.
 
     Args:
         load_data: finds this node's data from its context and the run config.
         config: the run's settings; ``None`` reads them from
             ``context.run_config`` (as under ``flwr run``).
+        mods: further Flower mods, outermost first (they see the reply after
+            client-side clipping), e.g. a simulation's faulty-client mod.
     """
-    app = ClientApp()
+    app = ClientApp(mods=[*(mods or []), client_clipping_mod])
 
     def run_config(context: Context) -> RunConfig:
         return config if config is not None else RunConfig.from_run_config(context.run_config)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        # One round at a time per data folder: the budget check and the record
+        # of the spend must see every other run's rounds on the same data.
+        try:
+            with _ledger_lock(context, run_config(context)):
+                return train_round(msg, context)
+        except LedgerError as err:
+            logger.error("round %d: %s", server_round(msg), err)
+            return Message(Error(code=LEDGER_UNUSABLE, reason=str(err)), reply_to=msg)
+
+    def train_round(msg: Message, context: Context) -> Message:
         cfg = run_config(context)
         data = load_data(context, cfg)
         rnd = server_round(msg)
         plan = plan_round(len(data.x_train), cfg.batch_size, cfg.local_epochs)
         dp_step: DPStep | None = None
-        ledger = _load_ledger(context, cfg)
+        ledger = _load_ledger(context, cfg, rnd)
         if ledger is not None:
             if ledger.noise_multiplier is None:
                 ledger.noise_multiplier = cfg.dp.noise_multiplier or noise_for_target(
-                    target_epsilon=ledger.budget,  # type: ignore[arg-type]
+                    target_epsilon=cfg.dp.target_epsilon,  # type: ignore[arg-type]
                     delta=cfg.dp.delta,
                     plan=plan,
                     rounds=cfg.rounds,
@@ -183,10 +217,55 @@ def load_node_data(context: Context, cfg: RunConfig) -> ClientData:
     )
 
 
-def _load_ledger(context: Context, cfg: RunConfig) -> PrivacyLedger | None:
-    """This node's ledger for this run, or ``None`` when DP is off."""
+def node_budget(context: Context) -> float | None:
+    """The node's own cap on its lifetime epsilon (``privacy-budget``), or ``None``."""
+    value = context.node_config.get(NODE_PRIVACY_BUDGET)
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def ledger_folder(context: Context, cfg: RunConfig) -> Path | None:
+    """Where this node's ledger file lives; ``None``: in ``context.state``, for this run only.
+
+    A deployed node: its data folder. A simulated node of a run with a run folder
+    (``fedpriv-sim``): ``RUN_DIR/node-ledgers/client-K``, so that a resumed run
+    continues its clients' ledgers.
+    """
+    if NODE_DATA_PATH in context.node_config:
+        return Path(str(context.node_config[NODE_DATA_PATH]))
+    if cfg.run_dir and NODE_PARTITION_ID in context.node_config:
+        partition_id = int(context.node_config[NODE_PARTITION_ID])  # type: ignore[arg-type]
+        folder = Path(cfg.run_dir) / SIMULATED_LEDGERS / f"client-{partition_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return None
+
+
+def _ledger_lock(context: Context, cfg: RunConfig) -> contextlib.AbstractContextManager[None]:
+    folder = ledger_folder(context, cfg)
+    return locked(folder) if folder is not None else contextlib.nullcontext()
+
+
+def _load_ledger(context: Context, cfg: RunConfig, rnd: int) -> PrivacyLedger | RunLedger | None:
+    """This node's ledger, or ``None`` when DP is off.
+
+    A node with a ledger folder (:func:`ledger_folder`): its ledger file, over
+    all runs on that data (:class:`~client.node_ledger.RunLedger`; raises
+    ``LedgerError`` if it cannot be read). Otherwise (``flwr run`` simulation):
+    its ledger for this run, in ``context.state``.
+    """
     if not cfg.dp.enabled:
         return None
+    folder = ledger_folder(context, cfg)
+    if folder is not None:
+        return RunLedger(
+            folder,
+            run_id=context.run_id,
+            server_round=rnd,
+            delta=cfg.dp.delta,
+            accountant=cfg.dp.accountant,
+            run_budget=cfg.dp.target_epsilon,
+            node_budget=node_budget(context),
+        )
     record = context.state.config_records.get(LEDGER_STATE_KEY)
     if record is None:
         return PrivacyLedger(
@@ -195,8 +274,11 @@ def _load_ledger(context: Context, cfg: RunConfig) -> PrivacyLedger | None:
     return PrivacyLedger.from_config_record(record)
 
 
-def _save_ledger(context: Context, ledger: PrivacyLedger) -> None:
-    context.state[LEDGER_STATE_KEY] = ledger.to_config_record()
+def _save_ledger(context: Context, ledger: PrivacyLedger | RunLedger) -> None:
+    if isinstance(ledger, RunLedger):
+        ledger.save()  # atomic; raises LedgerError, and then no reply with weights leaves
+    else:
+        context.state[LEDGER_STATE_KEY] = ledger.to_config_record()
 
 
 # What `flwr run` and `fedpriv-client start` run (`[tool.flwr.app.components]`).

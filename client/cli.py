@@ -5,8 +5,11 @@ Subcommands:
 * ``start --server HOST:PORT --data DIR --ca CA.crt --key NODE.key``: run this
   node (a Flower SuperNode) against a coordinator, training on ``DIR``
   (:mod:`client.node`).
+  ``--budget EPS`` sets the node's own cap on the lifetime epsilon of its data.
 * ``check-data DIR``: validate a local data folder (:mod:`client.local_data`) and
-  print what it holds.
+  its privacy ledger, and print what it holds.
+* ``budget --data DIR``: what the folder's data has spent (:mod:`client.node_ledger`):
+  the lifetime cumulative epsilon over all runs, the node's cap, each run's spend.
 * ``export-demo-data --dataset digits --clients 3 OUT``: write a simulation
   dataset as one data folder per client plus the coordinator's test set, to try
   a deployment on one machine.
@@ -25,8 +28,10 @@ from typing import Annotated
 import typer
 
 from client.local_data import DataSummary, SplitSummary, check_data
+from client.node_ledger import NodeLedger, ledger_path, read_ledger
 from shared_models.cli import run_command, show_progress
-from shared_models.config import RunConfig
+from shared_models.config import ACCOUNTANTS, RunConfig
+from shared_models.errors import ConfigError, DataError
 
 PROG = "fedpriv-client"
 logger = logging.getLogger("client.cli")
@@ -36,15 +41,41 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="The fedpriv client node: check its local data folder, or write demo folders.",
+    help="The fedpriv client node: run it, check its local data folder and privacy spend, "
+    "or write demo folders.",
 )
 
 
-@app.command("check-data", help="Validate a local data folder and print what it holds.")
+@app.command(
+    "check-data", help="Validate a local data folder and its privacy ledger; print what it holds."
+)
 def check_data_command(
     folder: Annotated[Path, typer.Argument(help="the data folder (holds fedpriv-data.json)")],
 ) -> None:
-    typer.echo(format_summary(check_data(folder)))
+    summary = check_data(folder)
+    ledger = read_ledger(folder)
+    typer.echo(format_summary(summary))
+    typer.echo(f"  {_ledger_line(ledger)}")
+
+
+@app.command(
+    help="Show what a data folder has spent: the lifetime cumulative epsilon over all runs "
+    "(example-level), the node's own budget, and each run's spend."
+)
+def budget(
+    data: Annotated[Path, typer.Option(help="the node's data folder")],
+    delta: Annotated[float, typer.Option(help="the delta of every epsilon shown")] = 1e-5,
+    accountant: Annotated[str, typer.Option(help="rdp | prv")] = "rdp",
+) -> None:
+    if not data.is_dir():
+        raise DataError(f"data folder {data} does not exist; pass the node's --data folder")
+    if not 0 < delta < 1:
+        raise ConfigError(f"--delta must be in (0, 1), got {delta}")
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            f"unknown accountant '{accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
+        )
+    typer.echo(format_budget(read_ledger(data), data, delta, accountant))
 
 
 @app.command(
@@ -113,9 +144,16 @@ def start(
         float,
         typer.Option(help="give up after this many seconds without the coordinator (0: never)"),
     ] = 0.0,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            help="this node's own cap on the lifetime epsilon of its data, over all runs "
+            "(stored in its privacy ledger; default: the stored one, if any)"
+        ),
+    ] = None,
 ) -> None:
     # Import late: check-data should not pay for Flower's process machinery.
-    from client.node import NodeSettings, check_node, run_node
+    from client.node import NodeSettings, check_node, open_ledger, run_node
     from shared_models.processes import exit_on_termination
 
     settings = NodeSettings(
@@ -128,8 +166,10 @@ def start(
         runtime_port=runtime_port,
         flwr_home=flwr_home,
         max_wait=max_wait,
+        budget=budget,
     )
     summary = check_node(settings)
+    ledger = open_ledger(settings)
     train = summary.splits[0]
     logger.info(
         "%s: %s, %d training examples; connecting to %s (%s)",
@@ -139,6 +179,7 @@ def start(
         server,
         "INSECURE: plaintext, no node key" if insecure else f"TLS, trusting {ca}, key {key}",
     )
+    logger.info("%s: %s", data, _ledger_line(ledger))
     exit_on_termination()
     run_node(settings, on_line=lambda line: typer.echo(line, err=True))
 
@@ -156,6 +197,61 @@ def format_summary(summary: DataSummary) -> str:
     width = max(len(s.name) for s in summary.splits)
     lines += [f"  {s.name:<{width}} {_split_line(s)}" for s in summary.splits]
     return "\n".join(lines)
+
+
+def format_budget(ledger: NodeLedger, folder: Path, delta: float, accountant: str) -> str:
+    """A few lines for a person: lifetime epsilon, the node's cap, and each run's spend."""
+    label = f"example-level, at δ={delta:g}, {accountant} accountant"
+    cap = (
+        f"node's own budget (--budget): ε = {ledger.node_budget:g} over all runs"
+        if ledger.node_budget is not None
+        else "node's own budget: none set (each run's target epsilon applies)"
+    )
+    if not ledger.spends:
+        return f"{folder}: no privacy spent yet (no DP-SGD round recorded)\n  {cap}"
+    runs = ledger.runs()
+    lines = [
+        f"{ledger_path(folder)}",
+        f"  lifetime cumulative ε = {ledger.epsilon(delta, accountant):.3f} over all "
+        f"{len(runs)} run(s) on this data ({label})",
+        f"  {cap}",
+    ]
+    for run in runs:
+        noise = ledger.run_noise.get(run.run_id)
+        lines.append(
+            f"  run {run.run_id}: {len(run.rounds)} round(s) ({_ranges(run.rounds)}), "
+            f"{run.steps} steps, noise {'?' if noise is None else f'{noise:g}'}; "
+            "ε of this run alone = "
+            f"{ledger.epsilon(delta, accountant, run.run_id):.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _ledger_line(ledger: NodeLedger) -> str:
+    if not ledger.spends:
+        spent = "privacy ledger: nothing spent yet"
+    else:
+        rounds = sum(len(r.rounds) for r in ledger.runs())
+        spent = (
+            f"privacy ledger: {rounds} round(s) in {len(ledger.runs())} run(s) so far "
+            f"(see {PROG} budget)"
+        )
+    cap = "" if ledger.node_budget is None else f"; node's own budget ε = {ledger.node_budget:g}"
+    return spent + cap
+
+
+def _ranges(numbers: tuple[int, ...]) -> str:
+    """``(1, 2, 3, 5)`` -> ``"rounds 1-3, 5"``."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return "rounds " + ", ".join(parts)
 
 
 def _split_line(split: SplitSummary) -> str:

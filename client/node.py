@@ -4,7 +4,10 @@ Everything that can be checked on this machine is checked before anything
 connects: the data folder (format, classes, counts), the CA certificate, the
 node's private key and the device. Then it runs a ``flower-supernode`` whose
 ClientApp (``client.app:app``) trains on that folder: the folder is passed as
-``--node-config 'data-path="..."'``. Flower's SuperNode reconnects by itself
+``--node-config 'data-path="..."'`` (and ``privacy-budget=EPS``, the node's own cap
+on its lifetime epsilon, with ``--budget``). The folder's privacy ledger
+(:mod:`client.node_ledger`) is read up front: a corrupt one stops the node
+before it connects. Flower's SuperNode reconnects by itself
 when the SuperLink restarts (no retry limit); this module passes its output
 on and turns a refusal (exit code 305: unknown key, untrusted certificate) into
 one line.
@@ -13,6 +16,7 @@ one line.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 from collections.abc import Callable
@@ -23,8 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.app import NODE_DATA_PATH, NODE_DEVICE
+from client.app import NODE_DATA_PATH, NODE_DEVICE, NODE_PRIVACY_BUDGET
 from client.local_data import DataSummary, check_data
+from client.node_ledger import NodeLedger, ledger_path, read_ledger, set_node_budget
 from shared_models.config import DEVICES
 from shared_models.errors import ConfigError, DataError, FederationError
 from shared_models.evaluation import resolve_device
@@ -37,6 +42,10 @@ from shared_models.processes import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: What Flower's SuperNode says when the SuperLink will not activate its key: not
+#: registered, or still online there (a crashed node, until 2 heartbeats of 30 s are missed).
+ACTIVATION_REFUSED = "Failed to activate SuperNode"
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,9 @@ class NodeSettings:
         runtime_port: the SuperNode's local API port (0: a free one).
         flwr_home: the SuperNode's ``FLWR_HOME`` (installed apps); ``None``: Flower's default.
         max_wait: seconds to keep trying to reach the SuperLink before giving up (0: forever).
+        budget: the node's own cap on the lifetime cumulative epsilon of its data,
+            over all runs (``None``: the cap stored in its ledger, if any). Stored in
+            the ledger; the node enforces the lower of it and each run's target.
     """
 
     server: str
@@ -64,6 +76,7 @@ class NodeSettings:
     runtime_port: int = 0
     flwr_home: Path | None = None
     max_wait: float = 0.0
+    budget: float | None = None
 
 
 def check_node(settings: NodeSettings) -> DataSummary:
@@ -84,6 +97,14 @@ def check_node(settings: NodeSettings) -> DataSummary:
         )
     if '"' in str(settings.data.resolve()):
         raise ConfigError(f"the data folder's path may not contain '\"': {settings.data}")
+    if settings.budget is not None and not (math.isfinite(settings.budget) and settings.budget > 0):
+        raise ConfigError(f"--budget must be a positive epsilon, got {settings.budget}")
+    read_ledger(settings.data)  # a corrupt ledger stops the node here
+    if not os.access(settings.data, os.W_OK):
+        raise ConfigError(
+            f"the node keeps its privacy ledger in its data folder, but {settings.data} is not "
+            "writable; give this user write access to it"
+        )
     if settings.device not in DEVICES:
         raise ConfigError(
             f"unknown device '{settings.device}'; choose one of: {', '.join(DEVICES)}"
@@ -103,10 +124,21 @@ def check_node(settings: NodeSettings) -> DataSummary:
     return summary
 
 
+def open_ledger(settings: NodeSettings) -> NodeLedger:
+    """The data folder's ledger, with ``settings.budget`` stored in it when given."""
+    if settings.budget is not None:
+        ledger = set_node_budget(settings.data, settings.budget)
+        logger.info("node budget %g stored in %s", settings.budget, ledger_path(settings.data))
+        return ledger
+    return read_ledger(settings.data)
+
+
 def node_args(settings: NodeSettings) -> list[str]:
     """The ``flower-supernode`` command line for these settings."""
     port = settings.runtime_port or free_port()
     node_config = f'{NODE_DATA_PATH}="{settings.data.resolve()}" {NODE_DEVICE}="{settings.device}"'
+    if settings.budget is not None:
+        node_config += f" {NODE_PRIVACY_BUDGET}={float(settings.budget)!r}"
     args = [
         flower_executable("flower-supernode"),
         "--superlink",
@@ -143,9 +175,14 @@ def run_node(settings: NodeSettings, on_line: Callable[[str], None]) -> None:
     finally:
         node.stop()
     if code != 0:
-        raise FederationError(
-            f"the node stopped (flower-supernode exit code {code}): {last_meaningful(node.tail())}"
-        )
+        reason = last_meaningful(node.tail())
+        if ACTIVATION_REFUSED in reason:
+            reason += (
+                " (is this node's key registered with the coordinator? A node restarted after "
+                "a crash is let in again only once it has missed 2 heartbeats, about 60 s: "
+                "start it again then)"
+            )
+        raise FederationError(f"the node stopped (flower-supernode exit code {code}): {reason}")
 
 
 def _split_address(address: str) -> tuple[str, int]:

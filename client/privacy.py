@@ -81,7 +81,10 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         return float(eps)
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+    # At sampling rate 1 (client-level releases) Opacus's PRV takes log(1 - q) = log(0),
+    # which numpy warns about; the result is still right (checked against Google's PLD).
+    with np.errstate(divide="ignore"):
+        return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,8 @@ def show_progress(prog: str, loggers: Iterable[str], *, quiet_flower: bool = Tru
 def run_command(command: click.Command, args: list[str], prog: str) -> None:
     """Run a click/typer command; map every input mistake to one line and an exit code."""
     try:
-        command.main(args=args, prog_name=prog, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit.
+        code = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(2)  # the help was printed: no error line to add
     except click.exceptions.Exit as exit_:
@@ -56,6 +57,8 @@ def run_command(command: click.Command, args: list[str], prog: str) -> None:
         fail(prog, str(err), 1)
     except OSError as err:  # the system refused: a folder under a file, no permission, disk full
         fail(prog, str(err), 1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def fail(prog: str, message: str, code: int) -> NoReturn:

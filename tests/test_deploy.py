@@ -10,9 +10,13 @@ starts a ``flower-supernode`` training with Opacus on its own data folder
   do not trust, plaintext); then three good nodes join and a DP run of three
   rounds completes and learns. The coordinator is then started a second time on
   the same folder: its registrations come from the state database and the same
-  node processes, still running, reconnect by themselves and train one more run.
-* ``test_a_node_killed_mid_run_does_not_stop_the_federation``: one of three nodes
-  is SIGKILLed during the run; later rounds aggregate the other two.
+  node processes, still running, reconnect by themselves for one more run, which
+  each declines: their data spent its epsilon budget in the first run (each node's
+  privacy ledger in its data folder holds every run's spend).
+* ``test_a_node_killed_mid_run_rejoins_with_its_privacy_ledger``: one of three
+  nodes is SIGKILLed after round 1; round 2 aggregates the other two; the node is
+  restarted on the same folder and key and trains round 3, its cumulative epsilon
+  going on from the ledger it saved before it was killed.
 * ``test_too_few_nodes_fails_with_a_clear_message``: no node ever connects.
 * ``test_bad_data_folder_exits_before_connecting``: nothing listens; the client
   still fails at once, on its data.
@@ -33,12 +37,14 @@ from pathlib import Path
 
 import pytest
 
+from client.node_ledger import read_ledger
 from shared_models.processes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 ROUNDS = 3
+DELTA = 1e-5  # fedpriv-server start's default
 
 
 def _exe(name: str) -> str:
@@ -193,6 +199,15 @@ def _finish(procs: Procs, name: str, timeout: float) -> int:
         pytest.fail(f"{name} did not finish in {timeout:g}s\n{procs.logs()}")
 
 
+def _wait_in_file(folder: Path, pattern: str, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in f.read_text(errors="replace") for f in folder.glob(pattern)):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no {text!r} in {folder / pattern} within {timeout:g}s")
+
+
 def test_three_node_deployment(procs: Procs, site: Path, tmp_path: Path) -> None:
     port = free_port()
     run1 = tmp_path / "run1"
@@ -256,19 +271,28 @@ def test_three_node_deployment(procs: Procs, site: Path, tmp_path: Path) -> None
     for k in (1, 2, 3):
         assert procs.procs[f"node-{k}"].poll() is None, f"node-{k} exited\n{procs.logs()}"
 
-    # -- restart the coordinator: registrations persist, the running nodes reconnect
+    # -- restart the coordinator: registrations persist, the running nodes reconnect; the
+    # same budget again is declined, as the nodes' ledgers already hold run 1's spend
     run2 = tmp_path / "run2"
     _server(procs, site, "server-again", port, run2, "--nodes", "3", "--rounds", "1")
     code = _finish(procs, "server-again", timeout=600)
     again = procs.log("server-again")
     assert code == 0, procs.logs()
     assert again.count("is registered already") == 3, again
-    assert _metrics(run2)[0]["trained"] == 3
+    row = _metrics(run2)[0]
+    assert row["declined"] == 3 and row["trained"] == 0, row
+    assert "declined round 1" in json.loads((run2 / "summary.json").read_text())["stopped_early"]
+    files = [read_ledger(site / "data" / f"client-{k}") for k in range(3)]
+    assert all([s.round for s in f.spends] == list(range(1, ROUNDS + 1)) for f in files)
+    finals = sorted(r["epsilon"] for r in ledger if r["round"] == ROUNDS)
+    assert sorted(f.epsilon(DELTA, "rdp") for f in files) == pytest.approx(finals)
 
 
-def test_a_node_killed_mid_run_does_not_stop_the_federation(
+def test_a_node_killed_mid_run_rejoins_with_its_privacy_ledger(
     procs: Procs, site: Path, tmp_path: Path
 ) -> None:
+    """SIGKILL a node after round 1, restart it on the same folder and key: it trains again,
+    and its epsilon goes on from the ledger in its data folder instead of starting at zero."""
     port = free_port()
     run = tmp_path / "run"
     # A coordinator of its own: a fresh state database, no node still "online" from another test.
@@ -276,24 +300,53 @@ def test_a_node_killed_mid_run_does_not_stop_the_federation(
     shutil.copytree(
         site / "dep", dep, ignore=shutil.ignore_patterns("state.db*", "logs", "flwr-home")
     )
+    # Data folders of its own: ledgers without the spends of other tests.
+    data = tmp_path / "data"
+    shutil.copytree(site / "data", data, ignore=shutil.ignore_patterns("privacy-ledger.json"))
+    folder3 = data / "client-2"
+    # --min-nodes 3: round 2 trains without the killed node, then the run waits for it
     _server(
         procs, site, "server", port, run,
-        "--nodes", "3", "--min-nodes", "2", "--rounds", "3", "--round-timeout", "180", dep=dep,
+        "--nodes", "3", "--min-nodes", "3", "--rounds", "3", "--round-timeout", "180", dep=dep,
     )  # fmt: skip
+    node3 = int(procs.wait_for("server", r"registered node-3 \S+ as node (\d+)", 180).group(1))
     procs.wait_for("server", r"run folder: ", timeout=180)
     for k in (1, 2, 3):
-        _node(procs, site, f"node-{k}", port, k)
+        _node(procs, site, f"node-{k}", port, k, f"--data={data / f'client-{k - 1}'}")
     procs.wait_for("server", r"round 1/3", timeout=600)
     procs.kill("node-3")  # the node and its Flower processes, as if its machine died
+    killed = read_ledger(folder3)
+    eps_killed = killed.epsilon(DELTA, "rdp")
+    assert [s.round for s in killed.spends] == [1] and eps_killed > 0, killed
+    # Flower's SuperLink lets a node with the same key in again only once it has missed two
+    # heartbeats (about 60 s), which is also when round 2 gets its "node unavailable" reply;
+    # then Flower's sampling for round 2's evaluation waits for a third node.
+    _wait_in_file(dep / "logs", "run-*.log", "Waiting for nodes to connect: 2 connected", 600)
+    _node(procs, site, "node-3-again", port, 3, f"--data={folder3}")  # same folder, same key
     code = _finish(procs, "server", timeout=900)
     assert code == 0, procs.logs()
     rows = _metrics(run)
-    assert len(rows) == 3 and rows[0]["trained"] == 3
-    assert rows[-1]["trained"] == 2, rows
-    failures = [f for r in rows for f in r["failures"]]
-    assert rows[1]["trained"] + rows[2]["trained"] <= 5
-    assert all("node" in f for f in failures), failures
+    assert [r["trained"] for r in rows] == [3, 2, 3], rows
+    assert rows[1]["failed"] == 1 and "node" in rows[1]["failures"][0], rows
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"], rows
+
+    # node-3 in the coordinator's ledger: it trained again after the restart, and its
+    # cumulative epsilon went on from the saved one (never down, strictly up)
+    ledger_rows = [json.loads(x) for x in (run / "privacy_ledger.jsonl").read_text().splitlines()]
+    mine = [(r["round"], r["epsilon"]) for r in ledger_rows if r["partition_id"] == node3 % 2**31]
+    print(f"node-3 epsilon before the kill {eps_killed:.3f}; per round {mine}")
+    assert [r for r, _ in mine] == [1, 3], f"node-3 did not rejoin for round 3\n{procs.logs()}"
+    assert mine[0][1] == pytest.approx(eps_killed)
+    assert mine[1][1] > eps_killed  # went on from the saved spend, not from zero
+    # the node's own file agrees: every round it reported, all in this run, with one noise
+    final = read_ledger(folder3)
+    run_id = int(procs.wait_for("server", r"run (\d+) completed", timeout=5).group(1))
+    recorded = [s.round for s in final.spends]
+    print(f"node-3 ledger file: rounds {recorded}, ε {final.epsilon(DELTA, 'rdp'):.3f}")
+    assert {s.run_id for s in final.spends} == {run_id} and set(final.run_noise) == {run_id}
+    assert final.run_noise == killed.run_noise  # the restarted node kept the run's noise
+    # (a round it trained whose reply never counted would be in the file too: conservative)
+    assert {1, 3} <= set(recorded) and final.epsilon(DELTA, "rdp") >= mine[1][1] - 1e-9
 
 
 def test_too_few_nodes_fails_with_a_clear_message(procs: Procs, site: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ a non-zero exit, before any Flower process starts; and the loud ``--insecure`` w
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import server.deploy
 from client.cli import main as client_main
 from client.local_data import DataMeta, write_local_data, write_test_data
+from client.node_ledger import NodeLedger, read_ledger, write_ledger
 from server.certs import init_deployment
 from server.cli import main as server_main
 
@@ -29,6 +31,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_test_data(root / "test", x, y, META)
     (root / "used").mkdir()
     (root / "used" / "keep.txt").write_text("earlier results")
+    write_local_data(root / "corrupt", x, y, x[:5], y[:5], META)
+    (root / "corrupt" / "privacy-ledger.json").write_text("{truncated")
     return root
 
 
@@ -84,11 +88,11 @@ def test_server_start_refuses_bad_input(site, args, needle, capsys, no_processes
     assert (site / "used" / "keep.txt").read_text() == "earlier results"
 
 
-def test_server_start_without_test_data_is_a_usage_error(site, capsys):
+def test_server_start_without_test_data_is_an_error(site, capsys):
     with pytest.raises(SystemExit) as info:
         server_main(["start", str(site / "dep")])
-    assert info.value.code == 2
-    assert "--test-data" in capsys.readouterr().err
+    assert info.value.code == 1  # required unless --resume: checked after parsing
+    assert "--test-data is required" in capsys.readouterr().err
 
 
 def test_insecure_says_so_loudly(site, tmp_path, capsys, no_processes):
@@ -115,6 +119,8 @@ CLIENT_CASES = [
     (["--ca", "{s}/nope.crt"], "not found"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--max-wait", "-5"], "--max-wait must be >= 0"),
+    (["--budget", "-1"], "--budget must be a positive epsilon"),
+    (["--data", "{s}/corrupt"], "privacy ledger {s}/corrupt/privacy-ledger.json is corrupt"),
 ]
 
 
@@ -138,3 +144,86 @@ def test_client_start_refuses_bad_input(site, override, needle, capsys, monkeypa
     assert len(err) == 1 and err[0].startswith("fedpriv-client: error:"), err
     assert needle.format(s=site) in err[0], err[0]
     assert started == []
+
+
+def test_client_start_stores_the_nodes_budget_and_passes_it_on(site, tmp_path, monkeypatch):
+    import client.node
+
+    started: list = []
+    monkeypatch.setattr(client.node, "run_node", lambda settings, on_line: started.append(settings))
+    data = tmp_path / "client"
+    shutil.copytree(site / "client", data)
+    client_main(
+        ["start", "--server", "127.0.0.1:8000", "--data", str(data), "--budget", "3",
+         "--ca", str(site / "dep" / "ca.crt"), "--key", str(site / "dep" / "nodes" / "node-1.key")]
+    )  # fmt: skip
+    (settings,) = started
+    assert settings.budget == 3.0
+    args = client.node.node_args(settings)
+    assert "privacy-budget=3.0" in args[args.index("--node-config") + 1]
+    assert read_ledger(data).node_budget == 3.0
+
+
+def _spent_folder(site: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "spent"
+    shutil.copytree(site / "client", data)
+    ledger = NodeLedger(node_budget=5.0)
+    for run_id, rounds, sigma in ((111, (1, 2, 3), 1.1), (222, (1, 3), 0.9)):
+        for rnd in rounds:
+            ledger.record(
+                run_id=run_id, server_round=rnd, noise_multiplier=sigma, sample_rate=0.25, steps=4
+            )
+    write_ledger(data, ledger)
+    return data
+
+
+def test_client_budget_shows_lifetime_and_per_run_spend(site, tmp_path, capsys):
+    data = _spent_folder(site, tmp_path)
+    ledger = read_ledger(data)
+    client_main(["budget", "--data", str(data)])
+    out = capsys.readouterr().out
+    lifetime = ledger.epsilon(1e-5, "rdp")
+    assert f"lifetime cumulative ε = {lifetime:.3f} over all 2 run(s)" in out
+    assert "example-level, at δ=1e-05, rdp accountant" in out
+    assert "node's own budget (--budget): ε = 5 over all runs" in out
+    for run_id, summary in ((111, "3 round(s) (rounds 1-3), 12 steps"), (222, "rounds 1, 3")):
+        alone = ledger.epsilon(1e-5, "rdp", run_id)
+        assert alone < lifetime
+        line = next(x for x in out.splitlines() if f"run {run_id}:" in x)
+        assert summary in line and f"ε of this run alone = {alone:.3f}" in line, line
+    client_main(["budget", "--data", str(data), "--delta", "1e-6", "--accountant", "prv"])
+    out = capsys.readouterr().out
+    assert f"= {ledger.epsilon(1e-6, 'prv'):.3f} over all 2" in out and "δ=1e-06, prv" in out
+
+
+def test_client_budget_when_nothing_is_spent(site, capsys):
+    client_main(["budget", "--data", str(site / "client")])
+    out = capsys.readouterr().out
+    assert "no privacy spent yet" in out and "none set" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["budget", "--data", "{s}/missing"], "data folder {s}/missing does not exist"),
+        (["budget", "--data", "{s}/corrupt"], "{s}/corrupt/privacy-ledger.json is corrupt"),
+        (["budget", "--data", "{s}/client", "--delta", "2"], "--delta must be in (0, 1)"),
+        (["budget", "--data", "{s}/client", "--accountant", "gdp"], "unknown accountant"),
+        (["check-data", "{s}/corrupt"], "{s}/corrupt/privacy-ledger.json is corrupt"),
+    ],
+)
+def test_client_budget_and_check_data_refuse_in_one_line(site, args, needle, capsys):
+    with pytest.raises(SystemExit) as info:
+        client_main([a.format(s=site) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1
+    assert len(err) == 1 and err[0].startswith("fedpriv-client: error:"), err
+    assert needle.format(s=site) in err[0], err[0]
+    assert (site / "corrupt" / "privacy-ledger.json").read_text() == "{truncated"
+
+
+def test_check_data_reports_the_ledger(site, tmp_path, capsys):
+    client_main(["check-data", str(_spent_folder(site, tmp_path))])
+    out = capsys.readouterr().out
+    assert "privacy ledger: 5 round(s) in 2 run(s) so far" in out
+    assert "node's own budget ε = 5" in out

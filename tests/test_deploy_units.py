@@ -251,6 +251,9 @@ def test_a_good_node_passes_its_checks(deployment: Path, client_folder: Path) ->
     }
     assert "--root-certificates" in args and "--auth-supernode-private-key" in args
     assert args[args.index("--max-wait-time") + 1] == "30"
+    capped = node_args(_node(deployment, client_folder, budget=2.5))
+    config = capped[capped.index("--node-config") + 1]
+    assert parse_config_args([config])["privacy-budget"] == 2.5  # a float, as the app reads it
 
 
 @pytest.mark.parametrize(
@@ -267,6 +270,8 @@ def test_a_good_node_passes_its_checks(deployment: Path, client_folder: Path) ->
         ({"device": "tpu"}, "unknown device"),
         ({"insecure": True}, "--insecure cannot be combined"),
         ({"max_wait": -1.0}, "--max-wait"),
+        ({"budget": 0.0}, "--budget must be a positive epsilon"),
+        ({"budget": float("inf")}, "--budget must be a positive epsilon"),
     ],
 )
 def test_node_checks_refuse_bad_settings(
@@ -293,6 +298,27 @@ def test_node_without_gpu_refuses_cuda(deployment: Path, client_folder: Path) ->
 def test_node_refuses_the_coordinators_folder(deployment: Path, test_folder: Path) -> None:
     with pytest.raises(DataError, match="coordinator's test set"):
         check_node(_node(deployment, test_folder))
+
+
+def test_a_corrupt_privacy_ledger_stops_the_node_before_it_connects(
+    deployment: Path, client_folder: Path
+) -> None:
+    ledger = client_folder / "privacy-ledger.json"
+    ledger.write_text('{"format": "fedpriv-privacy-ledger", "version": 1}')
+    with pytest.raises(DataError, match="privacy-ledger.json is corrupt.*never reset"):
+        check_node(_node(deployment, client_folder))
+    assert ledger.read_text() == '{"format": "fedpriv-privacy-ledger", "version": 1}'
+
+
+def test_a_node_budget_is_stored_in_the_ledger(deployment: Path, client_folder: Path) -> None:
+    from client.node import open_ledger
+
+    assert open_ledger(_node(deployment, client_folder)).node_budget is None  # nothing written
+    assert not (client_folder / "privacy-ledger.json").exists()
+    assert open_ledger(_node(deployment, client_folder, budget=3.0)).node_budget == 3.0
+    # a later start without --budget keeps it; a new --budget replaces it
+    assert open_ledger(_node(deployment, client_folder)).node_budget == 3.0
+    assert open_ledger(_node(deployment, client_folder, budget=5.0)).node_budget == 5.0
 
 
 # ------------------------------------------------------------ processes

@@ -155,8 +155,10 @@ def test_a_killed_simulation_resumes_without_redoing_rounds_or_resetting_epsilon
     log = tmp_path / "first.log"
     with open(log, "w") as fh:
         first = subprocess.Popen(
+            # A fixed noise (no budget): a round cut short by the kill, whose clients had
+            # already recorded their spend, runs again and spends again, and no budget runs out.
             [FEDPRIV_SIM, "--out", str(out), "--clients", "4", "--rounds", "5",
-             "--local-epochs", "1", "--strategy", "fedadam"],
+             "--local-epochs", "1", "--strategy", "fedadam", "--noise-multiplier", "1.2"],
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_DEDUP_LOGS": "0"},
         )  # fmt: skip
@@ -181,7 +183,13 @@ def test_a_killed_simulation_resumes_without_redoing_rounds_or_resetting_epsilon
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]  # each round exactly once
     # the rounds checkpointed before the kill were not redone: their rows are unchanged
     assert rows[:last_done] == before[:last_done]
-    # the privacy ledger carried over: every client's cumulative epsilon keeps growing
+    # the privacy ledger carried over: every client's cumulative epsilon keeps growing, in the
+    # coordinator's ledger and in the clients' own ledger files
+    ledger_files = sorted((out / "node-ledgers").glob("client-*/privacy-ledger.json"))
+    assert len(ledger_files) == 4
+    for path in ledger_files:
+        spends = json.loads(path.read_text())["spends"]
+        assert len(spends) >= 5 and len({s["run_id"] for s in spends}) == 2  # two Flower runs
     ledger = [json.loads(line) for line in (out / "privacy_ledger.jsonl").read_text().splitlines()]
     by_client: dict[int, list[float]] = {}
     for row in ledger:
