@@ -40,6 +40,7 @@ from shared_models.errors import PrivacyBudgetError
 from shared_models.evaluation import evaluate_model, resolve_device
 from shared_models.messages import (
     DECLINED_BUDGET,
+    LEDGER_UNUSABLE,
     EvalReport,
     MessageFormatError,
     TrainReport,
@@ -64,8 +65,6 @@ NODE_DEVICE = "device"
 NODE_PRIVACY_BUDGET = "privacy-budget"
 #: Where simulated nodes keep their ledgers, in the run folder.
 SIMULATED_LEDGERS = "node-ledgers"
-#: Error code of a reply from a node whose ledger file cannot be read or saved.
-LEDGER_UNUSABLE = 4002
 
 
 def build_client_app(

@@ -274,7 +274,8 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
         "test_loss": last.test_loss if last else None,
         "privacy": {
             "guarantee": (
-                "example-level DP of each client's records (DP-SGD), cumulative over all rounds"
+                "example-level DP of each client's records (DP-SGD), cumulative over all "
+                "rounds (a node with a ledger file: over all runs on its data)"
                 if cfg.dp.enabled
                 else "none (--no-dp)"
             ),

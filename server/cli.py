@@ -158,6 +158,7 @@ def start(
     byzantine_fraction: opt.ByzantineFraction = _D.byzantine_fraction,
     seed: Annotated[int, typer.Option(help="seed of sampling and noise")] = _D.seed,
     target_epsilon: opt.TargetEpsilon = None,
+    noise_multiplier: opt.NoiseMultiplier = None,
     no_dp: opt.NoDP = False,
     max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
     delta: opt.Delta = _D.dp.delta,
@@ -224,6 +225,7 @@ def start(
         dp=DPConfig.from_flags(
             no_dp=no_dp,
             target_epsilon=target_epsilon,
+            noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             delta=delta,
             accountant=accountant,

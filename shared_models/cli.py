@@ -83,6 +83,9 @@ Strategy = Annotated[str, typer.Option(help="fedavg, fedadam, fedmedian, ...")]
 TargetEpsilon = Annotated[
     float | None, typer.Option(help="each client's cumulative epsilon budget for the run")
 ]
+NoiseMultiplier = Annotated[
+    float | None, typer.Option(help="fixed DP noise multiplier (instead of a target)")
+]
 NoDP = Annotated[bool, typer.Option("--no-dp", help="train without privacy")]
 MaxGradNorm = Annotated[float, typer.Option(help="per-sample clipping norm C")]
 Delta = Annotated[float, typer.Option(help="delta of every epsilon")]

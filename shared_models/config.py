@@ -401,7 +401,9 @@ RESUME_FREE_KEYS = ("resume", "run-dir", "round-timeout", "keep-checkpoints", "d
 
 #: Optional settings that TOML (no null) writes as 0.0, meaning "not set", so that
 #: pyproject.toml can list them and ``flwr run --run-config`` can set them.
-_UNSET_AS_ZERO = frozenset({"client-epsilon", "client-noise", "max-update-norm"})
+_UNSET_AS_ZERO = frozenset(
+    {"target-epsilon", "noise-multiplier", "client-epsilon", "client-noise", "max-update-norm"}
+)
 
 #: The nested settings, flattened to these kebab-case keys.
 _SECTIONS = {"dp": _DP_KEYS, "client_dp": _CLIENT_DP_KEYS}

@@ -55,6 +55,9 @@ ACCOUNTANT = "accountant"
 # Error code of a reply in which a client declines a round (its budget would
 # be exceeded). Flower's own codes are small integers.
 DECLINED_BUDGET = 4001
+# Error code of a reply from a node whose privacy ledger file cannot be read or saved
+# (it refuses to train rather than start a fresh ledger).
+LEDGER_UNUSABLE = 4002
 
 
 _R = TypeVar("_R")
@@ -68,7 +71,8 @@ class MessageFormatError(FedprivError):
 class TrainReport:
     """One client's account of one round of local training.
 
-    ``epsilon`` is cumulative over every round the client has taken part in;
+    ``epsilon`` is cumulative over every round the client has taken part in
+    (for a node with a ledger file, over every run on its data);
     ``epsilon_round`` is this round alone. Both are at ``delta`` under the
     named ``accountant``, for example-level DP of the client's own records.
     Without DP both are ``inf`` and ``dp_enabled`` is 0.

@@ -61,9 +61,7 @@ def run(
     ),
     seed: Annotated[int, typer.Option(help="seed of data split, sampling and noise")] = _D.seed,
     target_epsilon: opt.TargetEpsilon = None,
-    noise_multiplier: Annotated[
-        float | None, typer.Option(help="fixed DP noise multiplier (instead of a target)")
-    ] = None,
+    noise_multiplier: opt.NoiseMultiplier = None,
     no_dp: opt.NoDP = False,
     max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
     delta: opt.Delta = _D.dp.delta,

@@ -19,7 +19,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from client.app import LEDGER_UNUSABLE, NODE_PRIVACY_BUDGET
+from client.app import NODE_PRIVACY_BUDGET
 from client.app import app as client_app
 from client.local_data import DataMeta, write_local_data
 from client.node_ledger import (
@@ -36,7 +36,13 @@ from client.node_ledger import (
 from client.privacy import compute_epsilon, plan_round
 from shared_models.config import DPConfig, RunConfig
 from shared_models.errors import ConfigError, PrivacyBudgetError
-from shared_models.messages import ARRAYS_KEY, CONFIG_KEY, DECLINED_BUDGET, TrainReport
+from shared_models.messages import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    DECLINED_BUDGET,
+    LEDGER_UNUSABLE,
+    TrainReport,
+)
 from shared_models.registry import ModelConfig, build_model
 
 PLAN = plan_round(40, 8, 1)  # q = 0.2, 5 steps a round
