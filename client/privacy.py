@@ -14,8 +14,11 @@ with ``state_dict()``/``load_state_dict()`` that lives in the node's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -75,9 +78,10 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         # What RDPAccountant.get_privacy_spent computes, with the per-step RDP
         # curve of each mechanism cached (RDP composes additively over steps).
         rdp = sum(n * _rdp_per_step(s, q) for s, q, n in history)
-        eps, _ = rdp_analysis.get_privacy_spent(
-            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
-        )
+        with _largest_alpha_is_fine():
+            eps, _ = rdp_analysis.get_privacy_spent(
+                orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+            )
         return float(eps)
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
@@ -85,6 +89,19 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
     # which numpy warns about; the result is still right (checked against Google's PLD).
     with np.errstate(divide="ignore"):
         return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+
+
+@contextlib.contextmanager
+def _largest_alpha_is_fine() -> Iterator[None]:
+    """Silence Opacus's "Optimal order is the largest alpha" (and only that).
+
+    It says a larger Renyi order might give a *smaller* epsilon: the figure is
+    valid and conservative. It fires at extreme settings (tiny budgets, a
+    planner's search), and would break the one-line error of the commands.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,15 +128,16 @@ def noise_for_target(
     """
     total_steps = plan.steps * rounds
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=plan.sample_rate,
-                steps=total_steps,
-                accountant=accountant,
+        with _largest_alpha_is_fine():
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=plan.sample_rate,
+                    steps=total_steps,
+                    accountant=accountant,
+                )
             )
-        )
     except ValueError as err:
         raise PrivacyBudgetError(
             f"cannot reach epsilon {target_epsilon} at delta {delta} in {total_steps} steps "

@@ -145,7 +145,9 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
     model_config = central.model_config.to_dict()
     if cfg.resume:
         folder = RunFolder.open_existing(Path(cfg.resume))
-        resumed = _resume(folder, cfg, model, model_config)
+        resumed = check_resume(folder, cfg, model, model_config)
+        # Rows of a round after the checkpoint go: that round runs again.
+        folder.rewrite_history(resumed.metrics_rows, resumed.ledger_rows)
         restore_strategy_state(strategy, resumed.strategy_arrays, resumed.strategy_scalars)
         if client_ledger is not None and resumed.client_ledger is not None:
             client_ledger = ClientLevelLedger.from_state_dict(resumed.client_ledger)
@@ -315,8 +317,13 @@ def resume_config(run_dir: Path, **overrides: object) -> RunConfig:
     )
 
 
-def _resume(folder: RunFolder, cfg: RunConfig, model: nn.Module, model_config: dict) -> RoundState:
-    """The newest checkpoint of ``folder``, after checking it belongs to this run and model."""
+def check_resume(
+    folder: RunFolder, cfg: RunConfig, model: nn.Module, model_config: dict
+) -> RoundState:
+    """The newest checkpoint of ``folder``, after checking it belongs to this run and model.
+
+    Changes nothing: the commands call it up front, before anything starts.
+    """
     saved = folder.read_config()
     try:
         saved_cfg = RunConfig.from_run_config(saved["run"])
@@ -336,7 +343,6 @@ def _resume(folder: RunFolder, cfg: RunConfig, model: nn.Module, model_config: d
     found = {k: tuple(v.shape) for k, v in state.arrays.items()}
     if expected != found:
         raise ConfigError(f"checkpoint {state.path} does not fit the model: refusing to resume")
-    folder.rewrite_history(state.metrics_rows, state.ledger_rows)
     return state
 
 

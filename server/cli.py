@@ -174,7 +174,7 @@ def start(
 ) -> None:
     # Import late: `init` should not pay for torch.
     from client.local_data import read_meta
-    from server.app import initial_model, load_central_data, resume_config
+    from server.app import check_resume, initial_model, load_central_data, resume_config
     from server.deploy import Coordinator
     from server.run_folder import RunFolder
 
@@ -193,8 +193,10 @@ def start(
         config = resume_config(
             resume, round_timeout=round_timeout, keep_checkpoints=keep_checkpoints
         )
-        initial_model(config, load_central_data(config))
+        central = load_central_data(config)
+        model_now, _ = initial_model(config, central)
         folder = RunFolder.open_existing(Path(config.resume))
+        check_resume(folder, config, model_now, central.model_config.to_dict())
         _coordinate(config, coordinator, folder.path, insecure)
         return
     if test_data is None:

@@ -20,7 +20,7 @@ from typing import Annotated
 import click
 import typer
 
-from server.app import initial_model, privacy_summary_text, resume_config
+from server.app import check_resume, initial_model, privacy_summary_text, resume_config
 from server.run_folder import METRICS_FILE, SUMMARY_FILE, RunFolder
 from shared_models import cli as opt
 from shared_models.cli import run_command, show_progress
@@ -212,6 +212,9 @@ def simulate(
     _check_budgets(config, [len(split_client(config, p, i)[0]) for i, p in enumerate(parts)])
     if config.resume:
         folder = RunFolder.open_existing(run_dir)
+        central = load_central_data(config)
+        model, _ = initial_model(config, central)
+        check_resume(folder, config, model, central.model_config.to_dict())  # corrupt/foreign
     else:
         folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here
     # The simulated nodes keep their privacy ledgers in the run folder (so a resumed run

@@ -7,12 +7,13 @@ starts a ``flower-supernode`` training with Opacus on its own data folder
 
 * ``test_three_node_deployment``: while the coordinator waits for its nodes, four
   nodes that must be refused try to join (no key, an unregistered key, a CA they
-  do not trust, plaintext); then three good nodes join and a DP run of three
-  rounds completes and learns. The coordinator is then started a second time on
-  the same folder: its registrations come from the state database and the same
-  node processes, still running, reconnect by themselves for one more run, which
-  each declines: their data spent its epsilon budget in the first run (each node's
-  privacy ledger in its data folder holds every run's spend).
+  do not trust, plaintext); then three good nodes join a DP run of three rounds.
+  In round 2 every coordinator process (the command, the SuperLink, the
+  ServerApp) is SIGKILLed; ``fedpriv-server start --resume`` on the same folder
+  (its registrations come from the state database) continues the run from its
+  last round checkpoint with the node processes that kept running: the same
+  round numbers, no round redone, the nodes' privacy ledgers carried on, and the
+  model learns.
 * ``test_a_node_killed_mid_run_rejoins_with_its_privacy_ledger``: one of three
   nodes is SIGKILLed after round 1; round 2 aggregates the other two; the node is
   restarted on the same folder and key and trains round 3, its cumulative epsilon
@@ -146,7 +147,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _server(
-    procs: Procs, site: Path, name: str, port: int, out: Path, *extra: str, dep: Path | None = None
+    procs: Procs,
+    site: Path,
+    name: str,
+    port: int,
+    out: Path,
+    *extra: str,
+    dep: Path | None = None,
+    target: bool = True,
 ) -> None:
     procs.start(
         name,
@@ -159,8 +167,7 @@ def _server(
         str(port),
         "--out",
         str(out),
-        "--target-epsilon",
-        "8",
+        *(["--target-epsilon", "8"] if target else []),
         *extra,
     )
 
@@ -211,7 +218,12 @@ def _wait_in_file(folder: Path, pattern: str, text: str, timeout: float) -> None
 def test_three_node_deployment(procs: Procs, site: Path, tmp_path: Path) -> None:
     port = free_port()
     run1 = tmp_path / "run1"
-    _server(procs, site, "server", port, run1, "--nodes", "3", "--rounds", str(ROUNDS))
+    # A fixed noise and no budget: the round the kill interrupts still runs to its end on the
+    # nodes, which record its spend (conservative), and it runs again after the resume.
+    _server(
+        procs, site, "server", port, run1, "--nodes", "3", "--rounds", str(ROUNDS),
+        "--noise-multiplier", "1.5", target=False,
+    )  # fmt: skip
     procs.wait_for("server", r"run folder: ", timeout=180)  # the ServerApp waits for 3 nodes
     assert "registered node-3" in procs.log("server")
 
@@ -249,43 +261,73 @@ def test_three_node_deployment(procs: Procs, site: Path, tmp_path: Path) -> None
     assert "Server disconnected" in reasons["plaintext"] or "305" in reasons["plaintext"]
     assert "round 1/" not in procs.log("server")  # no refused node took part in anything
 
-    # -- three good nodes: the run completes and learns
+    # -- three good nodes join; in round 2 the whole coordinator is killed
     for k in (1, 2, 3):
         _node(procs, site, f"node-{k}", port, k)
-    code = _finish(procs, "server", timeout=900)
-    out = procs.log("server")
+    procs.wait_for("server", r"round 1/", timeout=900)
+    victims = _coordinator_pids(site / "dep", procs.procs["server"].pid)
+    assert len(victims) >= 3, victims  # fedpriv-server, flower-superlink, the ServerApp, ...
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    procs.procs["server"].wait(timeout=30)
+    time.sleep(1)
+    assert not [p for p in victims if _alive(p)], victims
+    last = int(sorted(p.name for p in (run1 / "checkpoints").iterdir())[-1][6:11])
+    assert 1 <= last < ROUNDS and not (run1 / "summary.json").exists()
+    before = _metrics(run1)
+    spent = [read_ledger(site / "data" / f"client-{k}").epsilon(DELTA, "rdp") for k in range(3)]
+    assert all(e > 0 for e in spent), spent
+
+    # -- resume: registrations persist, the running nodes reconnect, the run completes
+    procs.start(
+        "server-resumed", _exe("fedpriv-server"), "start", str(site / "dep"),
+        "--resume", str(run1), "--port", str(port),
+    )  # fmt: skip
+    code = _finish(procs, "server-resumed", timeout=900)
+    out = procs.log("server-resumed")
     assert code == 0, procs.logs()
+    assert out.count("is registered already") == 3, out
+    assert f"round {last + 1} of {ROUNDS} next" in out, out
+    assert "round 1/" not in out and f"round {last}/" not in out, out  # nothing redone
     assert re.search(rf"run \d+ completed: {ROUNDS} round\(s\)", out), out
     rows = _metrics(run1)
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    assert rows[:last] == before[:last]
     assert all(r["trained"] == 3 and r["failed"] == 0 for r in rows), rows
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"] + 0.05, rows
     assert rows[-1]["test_accuracy"] > 0.5, rows
-    eps = [r["epsilon_max"] for r in rows]
-    assert eps == sorted(eps) and 0 < eps[-1] <= 8.0, eps  # cumulative, within budget
+    summary = json.loads((run1 / "summary.json").read_text())
+    assert summary["rounds_completed"] == ROUNDS and summary["resumed_after_round"] == last
+    assert not summary["failed"] and (run1 / "model.safetensors").stat().st_size > 0
+    # privacy carried over: every node's cumulative epsilon only grew (in the coordinator's
+    # ledger and in the node's own file, which also holds the round the kill interrupted)
     ledger = [json.loads(x) for x in (run1 / "privacy_ledger.jsonl").read_text().splitlines()]
     assert len(ledger) == 3 * ROUNDS
-    summary = json.loads((run1 / "summary.json").read_text())
-    assert summary["rounds_completed"] == ROUNDS and not summary["failed"]
-    assert (run1 / "model.safetensors").stat().st_size > 0
+    by_node: dict[int, list[float]] = {}
+    for row in ledger:
+        by_node.setdefault(row["partition_id"], []).append(row["epsilon"])
+    assert all(e == sorted(e) and len(set(e)) == ROUNDS for e in by_node.values()), by_node
+    files = [read_ledger(site / "data" / f"client-{k}") for k in range(3)]
+    for k, f in enumerate(files):
+        print(
+            f"node-{k + 1}: ε {spent[k]:.3f} at the kill, {f.epsilon(DELTA, 'rdp'):.3f} at the end"
+        )
+        assert f.epsilon(DELTA, "rdp") > spent[k]
+        assert len({s.run_id for s in f.spends}) == 2  # the killed run's and the resumed one's
+    finals = sorted(r["epsilon"] for r in ledger if r["round"] == ROUNDS)
+    assert sorted(f.epsilon(DELTA, "rdp") for f in files) == pytest.approx(finals)
     for k in (1, 2, 3):
         assert procs.procs[f"node-{k}"].poll() is None, f"node-{k} exited\n{procs.logs()}"
 
-    # -- restart the coordinator: registrations persist, the running nodes reconnect; the
-    # same budget again is declined, as the nodes' ledgers already hold run 1's spend
-    run2 = tmp_path / "run2"
-    _server(procs, site, "server-again", port, run2, "--nodes", "3", "--rounds", "1")
-    code = _finish(procs, "server-again", timeout=600)
-    again = procs.log("server-again")
-    assert code == 0, procs.logs()
-    assert again.count("is registered already") == 3, again
-    row = _metrics(run2)[0]
-    assert row["declined"] == 3 and row["trained"] == 0, row
-    assert "declined round 1" in json.loads((run2 / "summary.json").read_text())["stopped_early"]
-    files = [read_ledger(site / "data" / f"client-{k}") for k in range(3)]
-    assert all([s.round for s in f.spends] == list(range(1, ROUNDS + 1)) for f in files)
-    finals = sorted(r["epsilon"] for r in ledger if r["round"] == ROUNDS)
-    assert sorted(f.epsilon(DELTA, "rdp") for f in files) == pytest.approx(finals)
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in (Path(f"/proc/{pid}") / "status").read_text().lower()
+    except OSError:
+        return False
 
 
 def test_a_node_killed_mid_run_rejoins_with_its_privacy_ledger(
@@ -347,6 +389,33 @@ def test_a_node_killed_mid_run_rejoins_with_its_privacy_ledger(
     assert final.run_noise == killed.run_noise  # the restarted node kept the run's noise
     # (a round it trained whose reply never counted would be in the file too: conservative)
     assert {1, 3} <= set(recorded) and final.epsilon(DELTA, "rdp") >= mine[1][1] - 1e-9
+
+
+def _coordinator_pids(dep: Path, root_pid: int) -> list[int]:
+    """The coordinator's processes: the command, its SuperLink (found by its database) and
+    everything they started (the ServerApp, ``flwr run``)."""
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdlines[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    roots = {root_pid} | {
+        pid for pid, cmd in cmdlines.items() if "flower-superlink" in cmd and str(dep) in cmd
+    }
+    found = set(roots)
+    while True:
+        more = {pid for pid, ppid in parents.items() if ppid in found} - found
+        if not more:
+            return sorted(found)
+        found |= more
 
 
 def test_too_few_nodes_fails_with_a_clear_message(procs: Procs, site: Path, tmp_path: Path) -> None:

@@ -198,3 +198,26 @@ def test_a_killed_simulation_resumes_without_redoing_rounds_or_resetting_epsilon
     for eps in by_client.values():
         assert len(eps) == 5 and all(b > a for a, b in zip(eps, eps[1:], strict=False))
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+
+
+def test_a_corrupt_checkpoint_stops_resume_before_anything_starts(tmp_path, capsys):
+    from server.run_folder import write_json_atomic
+    from shared_models.config import RunConfig
+    from simulations.apps import load_central_data
+    from simulations.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = RunConfig(num_clients=4, rounds=5)
+    model = load_central_data(cfg).model_config.to_dict()
+    write_json_atomic(run / "config.json", {"run": cfg.to_run_config(), "model": model})
+    bad = run / "checkpoints" / "round-00002.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    files = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(SystemExit) as info:
+        main(["--resume", str(run)])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "round-00002.safetensors" in err and "left as it is" in err, err
+    assert sorted(p.name for p in run.rglob("*")) == files  # nothing written, nothing started
+    assert bad.read_bytes() == b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"
