@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client.privacy import History, StepPlan, compute_epsilon
+from client.privacy import History, StepPlan, compute_epsilon, merged_history
 from shared_models.errors import ConfigError, DataError, PrivacyBudgetError
 
 LEDGER_FILE = "privacy-ledger.json"
@@ -107,7 +107,7 @@ class NodeLedger:
         history: History = []
         for s in self.spends:
             if run_id is None or s.run_id == run_id:
-                history = _merged(history, s.noise_multiplier, s.sample_rate, s.steps)
+                history = merged_history(history, s.noise_multiplier, s.sample_rate, s.steps)
         return history
 
     def epsilon(self, delta: float, accountant: str, run_id: int | None = None) -> float:
@@ -118,7 +118,7 @@ class NodeLedger:
         self, noise_multiplier: float, plan: StepPlan, delta: float, accountant: str
     ) -> float:
         """Lifetime cumulative epsilon if one more round of ``plan`` were spent."""
-        history = _merged(self.history(), noise_multiplier, plan.sample_rate, plan.steps)
+        history = merged_history(self.history(), noise_multiplier, plan.sample_rate, plan.steps)
         return compute_epsilon(history, delta, accountant)
 
     def record(
@@ -439,15 +439,6 @@ class RunLedger:
 
     def save(self) -> None:
         write_ledger(self.folder, self.ledger)
-
-
-def _merged(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
-    merged = list(history)
-    if merged and merged[-1][:2] == (noise_multiplier, sample_rate):
-        merged[-1] = (noise_multiplier, sample_rate, merged[-1][2] + steps)
-    elif steps:
-        merged.append((noise_multiplier, sample_rate, steps))
-    return merged
 
 
 def _check_spend(s: Spend) -> None:

@@ -172,7 +172,7 @@ class PrivacyLedger:
     def epsilon_after(self, noise_multiplier: float, plan: StepPlan) -> float:
         """Cumulative epsilon if one more round of ``plan`` were spent."""
         return compute_epsilon(
-            _merged(self.history, noise_multiplier, plan.sample_rate, plan.steps),
+            merged_history(self.history, noise_multiplier, plan.sample_rate, plan.steps),
             self.delta,
             self.accountant,
         )
@@ -193,7 +193,7 @@ class PrivacyLedger:
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
         """Add ``steps`` DP-SGD steps that were actually taken."""
-        self.history = _merged(self.history, noise_multiplier, sample_rate, steps)
+        self.history = merged_history(self.history, noise_multiplier, sample_rate, steps)
 
     def state_dict(self) -> dict[str, object]:
         return {
@@ -249,7 +249,10 @@ class PrivacyLedger:
         )
 
 
-def _merged(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
+def merged_history(
+    history: History, noise_multiplier: float, sample_rate: float, steps: int
+) -> History:
+    """``history`` plus ``steps`` steps of a mechanism (merged into an equal last entry)."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     merged = list(history)

@@ -302,19 +302,21 @@ def run_federation(grid: Grid, cfg: RunConfig, central: CentralData, run_dir: Pa
 def resume_config(run_dir: Path, **overrides: object) -> RunConfig:
     """The settings of the run in ``run_dir``, set to resume it (``overrides``: e.g. device)."""
     folder = RunFolder.open_existing(run_dir)
-    saved = folder.read_config()
-    try:
-        cfg = RunConfig.from_run_config(saved["run"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise ConfigError(
-            f"{folder.path / 'config.json'} holds no valid run settings: {err}"
-        ) from None
     return dataclasses.replace(
-        cfg,
+        _saved_run_config(folder),
         resume=str(folder.path),
         run_dir=str(folder.path),
         **overrides,  # type: ignore[arg-type]
     )
+
+
+def _saved_run_config(folder: RunFolder) -> RunConfig:
+    try:
+        return RunConfig.from_run_config(folder.read_config()["run"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise ConfigError(
+            f"{folder.path / 'config.json'} holds no valid run settings: {err}"
+        ) from None
 
 
 def check_resume(
@@ -325,13 +327,7 @@ def check_resume(
     Changes nothing: the commands call it up front, before anything starts.
     """
     saved = folder.read_config()
-    try:
-        saved_cfg = RunConfig.from_run_config(saved["run"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise ConfigError(
-            f"{folder.path / 'config.json'} holds no valid run settings: {err}"
-        ) from None
-    if saved_cfg.identity() != cfg.identity():
+    if _saved_run_config(folder).identity() != cfg.identity():
         raise ConfigError(
             f"the settings differ from those {folder.path} was started with; resume with the "
             "run's own settings"

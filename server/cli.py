@@ -17,12 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 
 from server.certs import CA_CERT, CA_KEY, NODES_DIR, SERVER_CERT, SERVER_KEY, init_deployment
 from shared_models import cli as opt
-from shared_models.cli import run_command
+from shared_models.cli import refuse_flags_with_resume, run_command
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
 from shared_models.errors import ConfigError
 
@@ -180,16 +179,7 @@ def start(
 
     coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
     if resume is not None:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ctx.params
-            if name not in _RESUME_FLAGS
-            and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        ]
-        if given:
-            raise ConfigError(
-                f"--resume continues a run with its own settings: leave out {', '.join(given)}"
-            )
+        refuse_flags_with_resume(ctx, _RESUME_FLAGS)
         config = resume_config(
             resume, round_timeout=round_timeout, keep_checkpoints=keep_checkpoints
         )

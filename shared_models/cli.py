@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import click
 import typer
 
-from shared_models.errors import FedprivError
+from shared_models.errors import ConfigError, FedprivError
 
 
 def show_progress(prog: str, loggers: Iterable[str], *, quiet_flower: bool = True) -> None:
@@ -59,6 +59,20 @@ def run_command(command: click.Command, args: list[str], prog: str) -> None:
         fail(prog, str(err), 1)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def refuse_flags_with_resume(ctx: click.Context, allowed: set[str]) -> None:
+    """``--resume`` takes the run's own settings: refuse other flags given on the command line."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ctx.params
+        if name not in allowed
+        and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with its own settings: leave out {', '.join(given)}"
+        )
 
 
 def fail(prog: str, message: str, code: int) -> NoReturn:

@@ -17,15 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from server.app import check_resume, initial_model, privacy_summary_text, resume_config
 from server.run_folder import METRICS_FILE, SUMMARY_FILE, RunFolder
 from shared_models import cli as opt
-from shared_models.cli import run_command, show_progress
+from shared_models.cli import refuse_flags_with_resume, run_command, show_progress
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
-from shared_models.errors import ConfigError, FedprivError
+from shared_models.errors import FedprivError
 from simulations.audit import audit_app
 from simulations.faults import FaultPlan
 from simulations.plan import plan_app
@@ -106,16 +105,7 @@ def run(
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's own logs")] = False,
 ) -> None:
     if resume is not None:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ctx.params
-            if name not in _RESUME_FLAGS
-            and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        ]
-        if given:
-            raise ConfigError(
-                f"--resume continues a run with its own settings: leave out {', '.join(given)}"
-            )
+        refuse_flags_with_resume(ctx, _RESUME_FLAGS)
         config = resume_config(resume, device=device, keep_checkpoints=keep_checkpoints)
         plan = FaultPlan.parse(faults, config.num_clients, fault_scale) if faults else None
         simulate(
