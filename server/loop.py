@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.client_dp import ClientLevelLedger, clipping_norm, set_clients
+from server.strategies import fit_to_replies
 from server.validation import Verdict, validate_reply
 from shared_models.errors import PrivacyBudgetError
 from shared_models.messages import (
@@ -194,6 +195,7 @@ def run_rounds(
         reports = [v.report for v in verdicts if v.report is not None]  # spent, even if rejected
         rejected_clients = [v.report.partition_id for v in rejected if v.report is not None]
         set_clients(strategy, max(1, len(ok)))
+        fit_to_replies(strategy, len(ok))
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok) if ok else (None, None)
         if new_arrays is not None:
             # Clients leave frozen tensors out of their updates: keep those as they are.

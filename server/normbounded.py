@@ -50,7 +50,11 @@ class NormBoundedFedAvg(FedAvg):
             new = record.to_numpy_ndarrays()
             # Clients may leave frozen tensors out: clip what they sent.
             current = [self._current[name].numpy() for name in names]
-            compute_clip_model_update(new, current, self.norm_bound)
+            norm = float(
+                np.sqrt(sum(np.sum((n - c) ** 2) for n, c in zip(new, current, strict=True)))
+            )
+            if norm > self.norm_bound:  # (a zero update needs no clipping, nor a division by 0)
+                compute_clip_model_update(new, current, self.norm_bound)
             reply.content[self.arrayrecord_key] = ArrayRecord(
                 {name: Array(np.asarray(v)) for name, v in zip(names, new, strict=True)}
             )

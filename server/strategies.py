@@ -72,16 +72,47 @@ def _factories(config: RunConfig, per_round: int) -> dict[str, Callable[..., Str
         "fedavg": FedAvg,
         "fedavgm": lambda **kw: FedAvgM(server_momentum=0.9, **kw),
         "fedmedian": FedMedian,
-        "fedtrimmedavg": lambda **kw: FedTrimmedAvg(beta=config.byzantine_fraction, **kw),
+        "fedtrimmedavg": lambda **kw: _tolerating(
+            FedTrimmedAvg(beta=config.byzantine_fraction, **kw), byzantine
+        ),
         "fedyogi": FedYogi,
         "krum": lambda **kw: Krum(num_malicious_nodes=byzantine, **kw),
-        "multikrum": lambda **kw: MultiKrum(
-            num_malicious_nodes=byzantine,
-            num_nodes_to_select=max(1, per_round - byzantine),
-            **kw,
+        "multikrum": lambda **kw: _tolerating(
+            MultiKrum(
+                num_malicious_nodes=byzantine,
+                num_nodes_to_select=max(1, per_round - byzantine),
+                **kw,
+            ),
+            byzantine,
         ),
         "normbounded": lambda **kw: NormBoundedFedAvg(norm_bound=config.norm_bound, **kw),
     }
+
+
+#: Attribute holding how many malicious clients a robust rule is sized for.
+_BYZANTINE = "fedpriv_byzantine"
+
+
+def _tolerating(strategy: Strategy, byzantine: int) -> Strategy:
+    setattr(strategy, _BYZANTINE, byzantine)
+    return strategy
+
+
+def fit_to_replies(strategy: Strategy, replies: int) -> None:
+    """Size a robust rule for the ``replies`` about to be aggregated (fewer than sampled when
+    some were rejected, failed or timed out), so that it still tolerates its f bad clients.
+
+    MultiKrum keeps ``replies - f`` updates (not ``sampled - f``, which would let an
+    attacker in); the trimmed mean trims ``f`` values per side (its ``beta`` is a fraction
+    of the values it is given).
+    """
+    byzantine = getattr(strategy, _BYZANTINE, None)
+    if byzantine is None or replies < 1:
+        return
+    if isinstance(strategy, MultiKrum) and not isinstance(strategy, Krum):
+        strategy.num_nodes_to_select = max(1, replies - byzantine)
+    if isinstance(strategy, FedTrimmedAvg):
+        strategy.beta = min(0.49, (byzantine + 0.5) / replies) if byzantine else 0.0
 
 
 def build_strategy(config: RunConfig) -> Strategy:

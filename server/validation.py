@@ -6,8 +6,8 @@ Every train reply is checked against the global model it answers:
 - its weights have exactly the global model's tensor names (frozen tensors may be
   left out), the same shapes and the same dtypes;
 - every value is finite;
-- the update (reply minus global weights) has an L2 norm within the configured
-  bound, when there is one.
+- the update (reply minus global weights) is not all zeros, and has an L2 norm
+  within the configured bound, when there is one.
 
 A reply that fails is rejected with the reason, reported by the round loop with
 the client it came from, and never aggregated.
@@ -109,11 +109,14 @@ def _arrays_problem(
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             return f"tensor '{name}' has {bad} non-finite value(s) (NaN or inf)"
-        if max_update_norm is not None and values.dtype.kind in "fc":
+        if values.dtype.kind in "fc":
             diff = values.astype(np.float64) - expected.numpy().astype(np.float64)
             squared += float(np.sum(diff * diff))
+    norm = math.sqrt(squared)
+    if norm == 0.0 and any(a.numpy().dtype.kind in "fc" for a in arrays.values()):
+        # Clipping (client-level DP, norm-bounded FedAvg) divides by the norm.
+        return "the update is all zeros: the global weights were sent back untrained"
     if max_update_norm is not None:
-        norm = math.sqrt(squared)
         if not norm <= max_update_norm:
             return (
                 f"update norm {norm:.4g} exceeds the bound {max_update_norm:g} (--max-update-norm)"

@@ -176,3 +176,26 @@ def test_nan_wrong_shape_and_huge_updates_are_rejected_and_the_model_still_learn
     ledger = [json.loads(line) for line in (out / "privacy_ledger.jsonl").read_text().splitlines()]
     # the faulty clients trained before their replies were corrupted: their spend is on record
     assert {r["partition_id"] for r in ledger if not r["update_accepted"]} == {3, 4, 5}
+
+
+def test_an_update_of_all_zeros_is_rejected_and_does_not_break_clipping():
+    verdict = validate_reply(_reply(dict(GLOBAL)), _global())
+    assert not verdict.accepted and "all zeros" in verdict.reason
+    strategy = NormBoundedFedAvg(norm_bound=1.0, weighted_by_key="num-examples")
+    strategy._current = _global()
+    arrays, _ = strategy.aggregate_train(1, [_reply(dict(GLOBAL)), _reply(_good())])
+    assert np.allclose(arrays["fc.bias"].numpy(), 0.005)  # the mean of 0 and 0.01
+
+
+def test_robust_rules_are_sized_for_the_replies_they_get():
+    from server.strategies import build_strategy, fit_to_replies
+    from shared_models.config import RunConfig
+
+    multikrum = build_strategy(RunConfig(num_clients=10, strategy="multikrum"))
+    assert multikrum.num_malicious_nodes == 2 and multikrum.num_nodes_to_select == 8
+    fit_to_replies(multikrum, 9)  # one reply rejected: keep 7, never an attacker's 8th
+    assert multikrum.num_nodes_to_select == 7
+    trimmed = build_strategy(RunConfig(num_clients=10, strategy="fedtrimmedavg"))
+    for replies in (10, 9, 7, 5):
+        fit_to_replies(trimmed, replies)
+        assert int(trimmed.beta * replies) == 2  # scipy's trim_mean cuts int(beta * n) per side
