@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,36 +297,6 @@ def _sim(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict, lis
 
 
 @pytest.mark.slow
-def test_both_guarantees_in_one_run_with_adaptive_clipping(tmp_path):
-    proc, summary, ledger = _sim(
-        tmp_path / "run",
-        "--rounds", "3", "--target-epsilon", "6",
-        "--client-dp", "server-adaptive", "--client-noise", "1.5", "--client-clip", "0.05",
-    )  # fmt: skip
-    assert summary["rounds_completed"] == 3 and summary["stopped_early"] is None
-    client_rows = [r for r in ledger if r["guarantee"] == "client-level"]
-    assert [r["round"] for r in client_rows] == [1, 2, 3]
-    for row in client_rows:  # every federation epsilon, against Google
-        theirs = google_gaussian(1.5, row["round"], 1e-5, "rdp")
-        assert row["epsilon"] == pytest.approx(theirs, rel=0.01)
-        assert row["clients"] == 4 and row["mode"] == "server-adaptive"
-    clips = [r["clipping_norm"] for r in client_rows]
-    assert clips[0] == 0.05 and clips[1] != clips[0]  # adaptive: the norm moved
-    example_rows = [r for r in ledger if r["guarantee"] == "example-level"]
-    assert len(example_rows) == 12 and max(r["epsilon"] for r in example_rows) <= 6.0
-    client = summary["privacy"]["client_level"]
-    assert client["epsilon"] == pytest.approx(client_rows[-1]["epsilon"])
-    assert client["releases"] == 3 and "RDP" in client["accountant"]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("round ")]
-    assert len(lines) == 3
-    assert all(
-        "[client-level, cumulative, δ=1e-05, RDP, no sampling amplification]" in line
-        for line in lines
-    )
-    assert all("[example-level, cumulative, δ=1e-05, RDP]" in line for line in lines)
-
-
-@pytest.mark.slow
 def test_client_budgets_run_out_mid_run_and_the_run_ends_cleanly(tmp_path):
     """Noise 1.0: 4.443 after two rounds, 5.111 after three; the budget is 4.8."""
     proc, summary, ledger = _sim(
@@ -340,20 +311,37 @@ def test_client_budgets_run_out_mid_run_and_the_run_ends_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_federation_budget_runs_out_mid_run_and_the_run_ends_cleanly(tmp_path):
-    """Client-level noise 2.0: ε 3.189 after two releases, 4.011 after three; budget 3.5."""
+def test_both_guarantees_and_the_federation_budget_running_out(tmp_path):
+    """Example-level DP-SGD and client-level DP (client-side adaptive clipping) in one run.
+
+    Client-level noise 2.0: ε 3.189 after two releases, 4.011 after three; the federation's
+    budget is 3.5, so round 3 is not started and the run ends cleanly with everything saved.
+    """
     proc, summary, ledger = _sim(
         tmp_path / "run",
-        "--rounds", "5", "--no-dp",
-        "--client-dp", "client-fixed", "--client-noise", "2.0", "--client-epsilon", "3.5",
+        "--rounds", "5", "--target-epsilon", "6",
+        "--client-dp", "client-adaptive", "--client-noise", "2.0", "--client-epsilon", "3.5",
+        "--client-clip", "0.05",
     )  # fmt: skip
     assert summary["rounds_completed"] == 2 and not summary["failed"]
     assert "round 3 not started" in summary["stopped_early"]
     assert "client-level budget ε=3.5 is spent" in summary["stopped_early"]
+    assert "client-level budget" in proc.stderr
     client_rows = [r for r in ledger if r["guarantee"] == "client-level"]
     assert [r["round"] for r in client_rows] == [1, 2]
-    assert all(r["epsilon"] <= 3.5 for r in client_rows)
-    assert summary["privacy"]["client_level"]["epsilon"] == pytest.approx(
-        google_gaussian(2.0, 2, 1e-5, "rdp"), rel=0.01
-    )
-    assert "client-level budget" in proc.stderr
+    for row in client_rows:  # every federation epsilon, against Google; never past the budget
+        theirs = google_gaussian(2.0, row["round"], 1e-5, "rdp")
+        assert row["epsilon"] == pytest.approx(theirs, rel=0.01) and row["epsilon"] <= 3.5
+        assert row["clients"] == 4 and row["mode"] == "client-adaptive"
+    clips = [r["clipping_norm"] for r in client_rows]
+    assert clips[0] == 0.05 and clips[1] > clips[0]  # adaptive: every update was clipped
+    example_rows = [r for r in ledger if r["guarantee"] == "example-level"]
+    assert len(example_rows) == 8 and max(r["epsilon"] for r in example_rows) <= 6.0
+    client = summary["privacy"]["client_level"]
+    assert client["epsilon"] == pytest.approx(client_rows[-1]["epsilon"])
+    assert client["releases"] == 2 and "RDP" in client["accountant"]
+    lines = [line for line in proc.stderr.splitlines() if re.match(r"round \d+/5:", line)]
+    assert len(lines) == 2
+    label = "[client-level, cumulative, δ=1e-05, RDP, no sampling amplification]"
+    assert all(label in line for line in lines)
+    assert all("[example-level, cumulative, δ=1e-05, RDP]" in line for line in lines)

@@ -317,8 +317,11 @@ def test_three_node_deployment(procs: Procs, site: Path, tmp_path: Path) -> None
         )
         assert f.epsilon(DELTA, "rdp") > spent[k]
         assert len({s.run_id for s in f.spends}) == 2  # the killed run's and the resumed one's
+    # The file holds at least what the node last reported: the interrupted round's spend may
+    # land in it late (that round's training outlives the coordinator), never be lost.
     finals = sorted(r["epsilon"] for r in ledger if r["round"] == ROUNDS)
-    assert sorted(f.epsilon(DELTA, "rdp") for f in files) == pytest.approx(finals)
+    in_files = sorted(f.epsilon(DELTA, "rdp") for f in files)
+    assert all(f >= r - 1e-9 for f, r in zip(in_files, finals, strict=True)), (in_files, finals)
     for k in (1, 2, 3):
         assert procs.procs[f"node-{k}"].poll() is None, f"node-{k} exited\n{procs.logs()}"
 
