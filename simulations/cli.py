@@ -59,6 +59,9 @@ def run(
         _D.shards_per_client
     ),
     seed: Annotated[int, typer.Option(help="seed of data split, sampling and noise")] = _D.seed,
+    round_timeout: Annotated[
+        float, typer.Option(help="seconds a round waits for its clients' replies")
+    ] = _D.round_timeout,
     target_epsilon: opt.TargetEpsilon = None,
     noise_multiplier: opt.NoiseMultiplier = None,
     no_dp: opt.NoDP = False,
@@ -85,7 +88,7 @@ def run(
         str,
         typer.Option(
             help="make the last clients misbehave, e.g. nan:1,shape:1,huge:1 or signflip:2 "
-            "(nan, shape, huge, scale, signflip, crash)"
+            "(nan, shape, huge, scale, signflip, crash, hang)"
         ),
     ] = "",
     fault_scale: Annotated[
@@ -106,7 +109,9 @@ def run(
 ) -> None:
     if resume is not None:
         refuse_flags_with_resume(ctx, _RESUME_FLAGS)
-        config = resume_config(resume, device=device, keep_checkpoints=keep_checkpoints)
+        config = resume_config(
+            resume, device=device, keep_checkpoints=keep_checkpoints, round_timeout=round_timeout
+        )
         plan = FaultPlan.parse(faults, config.num_clients, fault_scale) if faults else None
         simulate(
             config,
@@ -133,6 +138,7 @@ def run(
         dirichlet_alpha=alpha,
         shards_per_client=shards_per_client,
         seed=seed,
+        round_timeout=round_timeout,
         strategy=strategy,
         max_update_norm=max_update_norm,
         norm_bound=norm_bound,
@@ -321,6 +327,7 @@ def _privacy_words(config: RunConfig) -> str:
 #: Flags that may go with --resume (they do not change what the run computes).
 _RESUME_FLAGS = {
     "resume",
+    "round_timeout",
     "device",
     "keep_checkpoints",
     "client_cpus",

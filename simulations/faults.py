@@ -14,11 +14,14 @@ Kinds:
 - ``signflip``: the update is multiplied by ``-scale`` (pushes the model away
   from where honest clients take it).
 - ``crash``: the client raises instead of replying (Flower sends an error reply).
+- ``hang``: the client sleeps ``hang_seconds`` before it trains (past a short
+  ``--round-timeout``, the round goes on without it).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +33,7 @@ from shared_models.messages import ARRAYS_KEY
 
 logger = logging.getLogger(__name__)
 
-FAULT_KINDS: tuple[str, ...] = ("nan", "shape", "huge", "scale", "signflip", "crash")
+FAULT_KINDS: tuple[str, ...] = ("nan", "shape", "huge", "scale", "signflip", "crash", "hang")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class FaultPlan:
 
     faults: dict[int, str]
     scale: float = 10.0
+    hang_seconds: float = 45.0
 
     @classmethod
     def parse(cls, spec: str, num_clients: int, scale: float = 10.0) -> FaultPlan:
@@ -94,6 +98,8 @@ class FaultPlan:
                 return call_next(msg, context)
             if kind == "crash":
                 raise RuntimeError("simulated client crash (--faults crash)")
+            if kind == "hang":
+                time.sleep(self.hang_seconds)
             sent = msg.content.array_records[ARRAYS_KEY]
             reply = call_next(msg, context)
             if reply.has_error():

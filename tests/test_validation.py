@@ -199,3 +199,22 @@ def test_robust_rules_are_sized_for_the_replies_they_get():
     for replies in (10, 9, 7, 5):
         fit_to_replies(trimmed, replies)
         assert int(trimmed.beta * replies) == 2  # scipy's trim_mean cuts int(beta * n) per side
+
+
+@pytest.mark.slow
+def test_a_crashing_and_a_hanging_client_are_reported_and_the_round_goes_on(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            FEDPRIV_SIM, "--out", str(out), "--clients", "4", "--rounds", "1",
+            "--local-epochs", "1", "--faults", "crash:1,hang:1", "--round-timeout", "30",
+        ],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["trained"] == 2 and row["failed"] == 2, row
+    failures = " | ".join(row["failures"])
+    assert "simulated client crash" in failures and "no reply within 30s" in failures, failures
+    assert row["test_accuracy"] > 0.15  # the two honest clients' round was aggregated
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
