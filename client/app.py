@@ -63,12 +63,14 @@ NODE_DEVICE = "device"
 #: Optional ``--node-config`` key: the node's own cap on its lifetime cumulative epsilon
 #: (``fedpriv-client start --budget``); the run's target epsilon cannot raise it.
 NODE_PRIVACY_BUDGET = "privacy-budget"
-#: Where simulated nodes keep their ledgers, in the run folder.
-SIMULATED_LEDGERS = "node-ledgers"
 
 
 def build_client_app(
-    load_data: ClientDataFn, config: RunConfig | None = None, *, mods: list[Mod] | None = None
+    load_data: ClientDataFn,
+    config: RunConfig | None = None,
+    *,
+    mods: list[Mod] | None = None,
+    ledger_root: Path | None = None,
 ) -> ClientApp:
     """A ClientApp that trains on what ``load_data`` returns.
 
@@ -78,6 +80,9 @@ def build_client_app(
             ``context.run_config`` (as under ``flwr run``).
         mods: further Flower mods, outermost first (they see the reply after
             client-side clipping), e.g. a simulation's faulty-client mod.
+        ledger_root: where nodes without a data folder (simulated ones) keep
+            their ledger files, one folder ``client-K`` each; ``None``: in
+            ``context.state``, for the run only.
     """
     app = ClientApp(mods=[*(mods or []), client_clipping_mod])
 
@@ -89,7 +94,7 @@ def build_client_app(
         # One round at a time per data folder: the budget check and the record
         # of the spend must see every other run's rounds on the same data.
         try:
-            with _ledger_lock(context, run_config(context)):
+            with _ledger_lock(context, ledger_root):
                 return train_round(msg, context)
         except LedgerError as err:
             logger.error("round %d: %s", server_round(msg), err)
@@ -101,7 +106,7 @@ def build_client_app(
         rnd = server_round(msg)
         plan = plan_round(len(data.x_train), cfg.batch_size, cfg.local_epochs)
         dp_step: DPStep | None = None
-        ledger = _load_ledger(context, cfg, rnd)
+        ledger = _load_ledger(context, cfg, rnd, ledger_root)
         if ledger is not None:
             if ledger.noise_multiplier is None:
                 ledger.noise_multiplier = cfg.dp.noise_multiplier or noise_for_target(
@@ -222,29 +227,33 @@ def node_budget(context: Context) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
-def ledger_folder(context: Context, cfg: RunConfig) -> Path | None:
+def ledger_folder(context: Context, ledger_root: Path | None) -> Path | None:
     """Where this node's ledger file lives; ``None``: in ``context.state``, for this run only.
 
-    A deployed node: its data folder. A simulated node of a run with a run folder
-    (``fedpriv-sim``): ``RUN_DIR/node-ledgers/client-K``, so that a resumed run
-    continues its clients' ledgers.
+    A deployed node: its data folder. A simulated node of ``fedpriv-sim``:
+    ``ledger_root/client-K`` in the run folder, so that a resumed run continues
+    its clients' ledgers.
     """
     if NODE_DATA_PATH in context.node_config:
         return Path(str(context.node_config[NODE_DATA_PATH]))
-    if cfg.run_dir and NODE_PARTITION_ID in context.node_config:
+    if ledger_root is not None and NODE_PARTITION_ID in context.node_config:
         partition_id = int(context.node_config[NODE_PARTITION_ID])  # type: ignore[arg-type]
-        folder = Path(cfg.run_dir) / SIMULATED_LEDGERS / f"client-{partition_id}"
+        folder = ledger_root / f"client-{partition_id}"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     return None
 
 
-def _ledger_lock(context: Context, cfg: RunConfig) -> contextlib.AbstractContextManager[None]:
-    folder = ledger_folder(context, cfg)
+def _ledger_lock(
+    context: Context, ledger_root: Path | None
+) -> contextlib.AbstractContextManager[None]:
+    folder = ledger_folder(context, ledger_root)
     return locked(folder) if folder is not None else contextlib.nullcontext()
 
 
-def _load_ledger(context: Context, cfg: RunConfig, rnd: int) -> PrivacyLedger | RunLedger | None:
+def _load_ledger(
+    context: Context, cfg: RunConfig, rnd: int, ledger_root: Path | None
+) -> PrivacyLedger | RunLedger | None:
     """This node's ledger, or ``None`` when DP is off.
 
     A node with a ledger folder (:func:`ledger_folder`): its ledger file, over
@@ -254,7 +263,7 @@ def _load_ledger(context: Context, cfg: RunConfig, rnd: int) -> PrivacyLedger | 
     """
     if not cfg.dp.enabled:
         return None
-    folder = ledger_folder(context, cfg)
+    folder = ledger_folder(context, ledger_root)
     if folder is not None:
         return RunLedger(
             folder,

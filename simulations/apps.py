@@ -26,6 +26,7 @@ from simulations.datasets import FederatedData
 from simulations.faults import FaultPlan
 from simulations.partition import PartitionSpec, cached_partitions, client_split
 
+SIMULATED_LEDGERS = "node-ledgers"  # in the run folder: one ledger folder per simulated client
 VAL_FRACTION = 0.2  # of each client's partition, held out for its `evaluate`
 
 
@@ -106,7 +107,9 @@ def load_central_data(cfg: RunConfig) -> CentralData:
 def make_client_app(config: RunConfig | None = None, faults: FaultPlan | None = None) -> ClientApp:
     """The simulated nodes' ClientApp; ``faults`` makes some of them misbehave."""
     mods = [faults.mod()] if faults is not None and faults.faults else None
-    return build_client_app(load_client_data, config, mods=mods)
+    # fedpriv-sim's nodes keep their privacy ledgers in the run folder, where --resume finds them.
+    ledger_root = Path(config.run_dir) / SIMULATED_LEDGERS if config and config.run_dir else None
+    return build_client_app(load_client_data, config, mods=mods, ledger_root=ledger_root)
 
 
 def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:
