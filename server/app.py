@@ -310,9 +310,10 @@ def resume_config(run_dir: Path, **overrides: object) -> RunConfig:
     )
 
 
-def _saved_run_config(folder: RunFolder) -> RunConfig:
+def _saved_run_config(folder: RunFolder, saved: dict | None = None) -> RunConfig:
+    """The run settings in ``folder``'s config.json (``saved``: its content, if read already)."""
     try:
-        return RunConfig.from_run_config(folder.read_config()["run"])
+        return RunConfig.from_run_config((saved or folder.read_config())["run"])
     except (KeyError, TypeError, ConfigError) as err:
         raise ConfigError(
             f"{folder.path / 'config.json'} holds no valid run settings: {err}"
@@ -327,7 +328,7 @@ def check_resume(
     Changes nothing: the commands call it up front, before anything starts.
     """
     saved = folder.read_config()
-    if _saved_run_config(folder).identity() != cfg.identity():
+    if _saved_run_config(folder, saved).identity() != cfg.identity():
         raise ConfigError(
             f"the settings differ from those {folder.path} was started with; resume with the "
             "run's own settings"

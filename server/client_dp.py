@@ -187,7 +187,7 @@ def wrap_client_dp(
 ) -> Strategy:
     """``strategy`` (FedAvg, equal client weights) in the Flower DP wrapper ``client_dp`` names.
 
-    ``num_clients`` is only the initial size; :func:`set_clients` updates it
+    ``num_clients`` is only the initial size; :func:`server.strategies.fit_to_replies` updates it
     to the number of replies before each aggregation.
     """
     if client_dp.adaptive:
@@ -214,21 +214,9 @@ def wrap_client_dp(
     return fixed(strategy, noise_multiplier, client_dp.clipping_norm, num_clients)
 
 
-def set_clients(strategy: Strategy, count: int) -> None:
-    """Calibrate a DP wrapper's noise to the ``count`` updates it is about to average."""
-    if hasattr(strategy, "num_sampled_clients"):
-        strategy.num_sampled_clients = count
-
-
 def clipping_norm(strategy: Strategy) -> float | None:
     """The DP wrapper's current clipping norm (it moves with adaptive clipping)."""
     value = getattr(strategy, "clipping_norm", None)
-    return None if value is None else float(value)
-
-
-def update_noise_multiplier(strategy: Strategy) -> float | None:
-    """The noise multiplier actually applied to the update (below ``z`` when adaptive)."""
-    value = getattr(strategy, "noise_multiplier", None)
     return None if value is None else float(value)
 
 

@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.client_dp import ClientLevelLedger, clipping_norm, set_clients
+from server.client_dp import ClientLevelLedger, clipping_norm
 from server.strategies import fit_to_replies
 from server.validation import Verdict, validate_reply
 from shared_models.errors import PrivacyBudgetError
@@ -194,7 +194,6 @@ def run_rounds(
         ok = [v.reply for v in verdicts if v.accepted]
         reports = [v.report for v in verdicts if v.report is not None]  # spent, even if rejected
         rejected_clients = [v.report.partition_id for v in rejected if v.report is not None]
-        set_clients(strategy, max(1, len(ok)))
         fit_to_replies(strategy, len(ok))
         new_arrays, train_metrics = strategy.aggregate_train(rnd, ok) if ok else (None, None)
         if new_arrays is not None:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from shared_models.errors import DataError
 
@@ -130,11 +130,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_round(path: Path) -> RoundState:
     """Read one checkpoint; :class:`CheckpointError` if it is not a whole, valid one."""
     try:
-        tensors = load_file(path)
-        from safetensors import safe_open
-
         with safe_open(path, framework="numpy") as fh:
             metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
         meta = json.loads(metadata[META_KEY])
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise CheckpointError(

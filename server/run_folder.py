@@ -78,11 +78,6 @@ class RunFolder:
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot read {self.path / CONFIG_FILE}: {err}") from None
 
-    def append_round(self, record: RoundRecord, client_level: dict[str, Any] | None = None) -> None:
-        """Append the round's metrics and ledger rows (see :func:`round_rows`)."""
-        metrics_row, ledger_rows = round_rows(record, client_level)
-        self.append_rows(metrics_row, ledger_rows)
-
     def append_rows(self, metrics_row: dict[str, Any], ledger_rows: list[dict[str, Any]]) -> None:
         _append_jsonl(self.path / METRICS_FILE, [metrics_row])
         if ledger_rows:

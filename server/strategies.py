@@ -99,15 +99,20 @@ def _tolerating(strategy: Strategy, byzantine: int) -> Strategy:
 
 
 def fit_to_replies(strategy: Strategy, replies: int) -> None:
-    """Size a robust rule for the ``replies`` about to be aggregated (fewer than sampled when
-    some were rejected, failed or timed out), so that it still tolerates its f bad clients.
+    """Size the strategy for the ``replies`` about to be aggregated (fewer than sampled when
+    some were rejected, failed or timed out).
 
+    A client-level DP wrapper calibrates its noise to them (std ``z * clip / replies``);
     MultiKrum keeps ``replies - f`` updates (not ``sampled - f``, which would let an
     attacker in); the trimmed mean trims ``f`` values per side (its ``beta`` is a fraction
     of the values it is given).
     """
+    if replies < 1:
+        return
+    if hasattr(strategy, "num_sampled_clients"):  # Flower's DP wrappers
+        strategy.num_sampled_clients = replies
     byzantine = getattr(strategy, _BYZANTINE, None)
-    if byzantine is None or replies < 1:
+    if byzantine is None:
         return
     if isinstance(strategy, MultiKrum) and not isinstance(strategy, Krum):
         strategy.num_nodes_to_select = max(1, replies - byzantine)

@@ -204,12 +204,11 @@ def simulate(
 
     # Up-front checks; they log nothing, so bad input shows its error line alone.
     _, parts = load_partitions(config)  # missing data / too many clients fail here
-    initial_model(config, load_central_data(config))  # model/data/checkpoint/freeze errors
+    central = load_central_data(config)
+    model, _ = initial_model(config, central)  # model/data/checkpoint/freeze errors
     _check_budgets(config, [len(split_client(config, p, i)[0]) for i, p in enumerate(parts)])
     if config.resume:
         folder = RunFolder.open_existing(run_dir)
-        central = load_central_data(config)
-        model, _ = initial_model(config, central)
         check_resume(folder, config, model, central.model_config.to_dict())  # corrupt/foreign
     else:
         folder = RunFolder.create(run_dir)  # an existing non-empty folder fails here

@@ -27,10 +27,10 @@ from server.client_dp import (
     ClientLevelLedger,
     client_level_epsilon,
     client_level_noise,
-    set_clients,
     train_config,
     wrap_client_dp,
 )
+from server.strategies import fit_to_replies
 from shared_models.config import ClientDPConfig, DPConfig, RunConfig
 from shared_models.errors import ConfigError, PrivacyBudgetError
 from shared_models.messages import ARRAYS_KEY, CLIENT_CLIP_MODE, CLIENT_WEIGHT, CONFIG_KEY
@@ -151,7 +151,7 @@ def test_server_side_clipping_and_noise_have_the_calibrated_std():
     rng = np.random.default_rng(0)
     updates = [rng.normal(size=dim) * scale for scale in (0.0001, 1.0, 5.0)]  # tiny, big, huge
     replies = [_reply(u) for u in updates]
-    set_clients(strategy, len(replies))  # noise for the 3 clients that replied
+    fit_to_replies(strategy, len(replies))  # noise for the 3 clients that replied
     arrays, _ = strategy.aggregate_train(1, replies)
     out = arrays["w"].numpy()
     clipped = [u * min(1.0, clip / np.linalg.norm(u)) for u in updates]
@@ -173,7 +173,7 @@ def test_adaptive_clipping_moves_the_norm_towards_the_quantile():
     norms = []
     for rnd in range(1, 15):
         replies = [_reply(rng.normal(size=10)) for _ in range(50)]  # norms about 3
-        set_clients(strategy, 50)
+        fit_to_replies(strategy, 50)
         strategy.aggregate_train(rnd, replies)
         norms.append(strategy.clipping_norm)
     assert norms[0] < norms[5] < norms[-1]  # grows from 0.01 towards the median norm
