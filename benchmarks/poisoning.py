@@ -3,7 +3,7 @@ fraction of clients sending sign-flipped or scaled updates.
 
 Every cell is one real `fedpriv-sim` federation (Flower simulation on Ray, Opacus
 DP-SGD at the product default, digits CNN). The attackers train honestly, then
-rewrite their reply (:mod:`simulations.faults`): ``signflip`` sends ``-SCALE``
+rewrite their reply (:mod:`fedpriv.simulations.faults`): ``signflip`` sends ``-SCALE``
 times its update, ``scale`` sends ``SCALE`` times it. Each strategy's clean run
 is the baseline its attacked runs are compared with, measured in the same run
 of this script. Writes the table into docs/benchmarks.md between its markers
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from shared_models.config import DPConfig, RunConfig
-from simulations.cli import configure_logging, simulate
-from simulations.faults import FaultPlan
+from fedpriv.shared_models.config import DPConfig, RunConfig
+from fedpriv.simulations.cli import configure_logging
+from fedpriv.simulations.faults import FaultPlan
+from fedpriv.simulations.run import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -106,7 +107,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(verbose=False)
-    logging.getLogger("server").setLevel(logging.WARNING)  # one line per cell, not per round
+    logging.getLogger("fedpriv.server").setLevel(
+        logging.WARNING
+    )  # one line per cell, not per round
     strategies = list(args.only or STRATEGIES)
     if args.quick:
         strategies, args.rounds = ["fedavg", "multikrum"], 3

@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared_models.config import DPConfig, RunConfig
-from simulations.cli import configure_logging, simulate
-from simulations.pretrain import DEFAULT_LEARNING_RATES, pretrain
+from fedpriv.shared_models.config import DPConfig, RunConfig
+from fedpriv.simulations.cli import configure_logging
+from fedpriv.simulations.pretrain import DEFAULT_LEARNING_RATES, pretrain
+from fedpriv.simulations.run import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -124,7 +125,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(verbose=False)
-    logging.getLogger("server").setLevel(logging.WARNING)  # one line per cell, not per round
+    logging.getLogger("fedpriv.server").setLevel(
+        logging.WARNING
+    )  # one line per cell, not per round
     combos, epsilons = (COMBOS[:1], [8.0, None]) if args.quick else (COMBOS, EPSILONS)
     if args.only:
         combos = [tuple(item.split(":", 1)) for item in args.only]  # type: ignore[misc]

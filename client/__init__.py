@@ -1,10 +1,7 @@
-"""The client node: ClientApp, local DP-SGD training and the privacy ledger."""
+"""The client node: ClientApp, the client round (local DP-SGD), the ledger's store,
+the node command. Names are imported on first use."""
 
-from client.app import build_client_app
-from client.data import ClientData, ClientDataFn
-from client.node_ledger import LedgerError, NodeLedger, read_ledger
-from client.privacy import PrivacyLedger, StepPlan, compute_epsilon, noise_for_target, plan_round
-from client.training import DPStep, LocalResult, train_locally
+from fedpriv.shared_models.plumbing.lazy import lazy_exports
 
 __all__ = [
     "ClientData",
@@ -12,13 +9,27 @@ __all__ = [
     "DPStep",
     "LedgerError",
     "LocalResult",
-    "NodeLedger",
-    "PrivacyLedger",
-    "StepPlan",
+    "RoundResult",
     "build_client_app",
-    "compute_epsilon",
-    "noise_for_target",
-    "plan_round",
+    "client_round",
+    "load_local_data",
     "read_ledger",
     "train_locally",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ClientData": ".data",
+        "ClientDataFn": ".data",
+        "DPStep": ".training",
+        "LedgerError": ".ledger_store",
+        "LocalResult": ".training",
+        "RoundResult": ".round",
+        "build_client_app": ".app",
+        "client_round": ".round",
+        "load_local_data": ".data",
+        "read_ledger": ".ledger_store",
+        "train_locally": ".training",
+    },
+)

@@ -4,15 +4,13 @@ Subcommands:
 
 * ``start --server HOST:PORT --data DIR --ca CA.crt --key NODE.key``: run this
   node (a Flower SuperNode) against a coordinator, training on ``DIR``
-  (:mod:`client.node`).
+  (:mod:`fedpriv.client.node`).
   ``--budget EPS`` sets the node's own cap on the lifetime epsilon of its data.
-* ``check-data DIR``: validate a local data folder (:mod:`client.local_data`) and
-  its privacy ledger, and print what it holds.
-* ``budget --data DIR``: what the folder's data has spent (:mod:`client.node_ledger`):
+* ``check-data DIR``: validate a local data folder (:mod:`fedpriv.client.local_data`) and
+  its privacy ledger, and print what it holds (``fedpriv-sim export-demo-data``
+  writes demo folders).
+* ``budget --data DIR``: what the folder's data has spent (:mod:`fedpriv.client.node_ledger`):
   the lifetime cumulative epsilon over all runs, the node's cap, each run's spend.
-* ``export-demo-data --dataset digits --clients 3 OUT``: write a simulation
-  dataset as one data folder per client plus the coordinator's test set, to try
-  a deployment on one machine.
 
 Every input mistake ends in one line on stderr and a non-zero exit code:
 2 for a malformed command line, 1 for bad data or a bad setting.
@@ -27,22 +25,22 @@ from typing import Annotated
 
 import typer
 
-from client.local_data import DataSummary, SplitSummary, check_data
-from client.node_ledger import NodeLedger, ledger_path, read_ledger
-from shared_models.cli import run_command, show_progress
-from shared_models.config import ACCOUNTANTS, RunConfig
-from shared_models.errors import ConfigError, DataError
+from fedpriv.client.ledger_store import ledger_path, read_ledger
+from fedpriv.shared_models.accounting import check_accountant
+from fedpriv.shared_models.checks import check_delta
+from fedpriv.shared_models.data_folder import DataSummary, SplitSummary, check_data
+from fedpriv.shared_models.errors import DataError
+from fedpriv.shared_models.ledger import PrivacyLedger
+from fedpriv.shared_models.plumbing.cli import run_command, show_progress
 
 PROG = "fedpriv-client"
-logger = logging.getLogger("client.cli")
-_D = RunConfig()  # partitioning defaults, as in fedpriv-sim
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="The fedpriv client node: run it, check its local data folder and privacy spend, "
-    "or write demo folders.",
+    help="The fedpriv client node: run it, check its local data folder and privacy spend.",
 )
 
 
@@ -69,52 +67,9 @@ def budget(
 ) -> None:
     if not data.is_dir():
         raise DataError(f"data folder {data} does not exist; pass the node's --data folder")
-    if not 0 < delta < 1:
-        raise ConfigError(f"--delta must be in (0, 1), got {delta}")
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(
-            f"unknown accountant '{accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
-        )
+    check_delta(delta, "--delta")
+    check_accountant(accountant)
     typer.echo(format_budget(read_ledger(data), data, delta, accountant))
-
-
-@app.command(
-    "export-demo-data",
-    help="Write a simulation dataset as client data folders (client-0, client-1, ...) and "
-    "the coordinator's test set (server-test), split exactly as fedpriv-sim splits it.",
-)
-def export_demo_data(
-    out: Annotated[Path, typer.Argument(help="folder to create (must not exist or be empty)")],
-    dataset: Annotated[
-        str, typer.Option(help="digits | fashion-mnist | sotu | sentiment")
-    ] = "digits",
-    clients: Annotated[int, typer.Option(help="number of client folders")] = 3,
-    partitioning: Annotated[str, typer.Option(help="iid | dirichlet | shards | natural")] = "iid",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration")] = _D.dirichlet_alpha,
-    shards_per_client: Annotated[int, typer.Option(help="label shards per client")] = (
-        _D.shards_per_client
-    ),
-    seed: Annotated[int, typer.Option(help="seed of the data split")] = _D.seed,
-    data_dir: Annotated[Path | None, typer.Option(help="folder of the dataset's files")] = None,
-) -> None:
-    # Import late: the simulation's data code is only needed here.
-    from simulations.export import SERVER_TEST_FOLDER, export_partitions
-
-    folders = export_partitions(
-        dataset,
-        clients,
-        out,
-        partitioning=partitioning,
-        seed=seed,
-        data_dir=data_dir,
-        dirichlet_alpha=alpha,
-        shards_per_client=shards_per_client,
-    )
-    for folder in [*folders, out / SERVER_TEST_FOLDER]:
-        summary = check_data(folder)
-        sizes = ", ".join(f"{s.examples} {s.name}" for s in summary.splits)
-        typer.echo(f"{folder}: {sizes}")
-    typer.echo(f"check a folder with: {PROG} check-data {folders[0]}")
 
 
 @app.command(
@@ -153,8 +108,8 @@ def start(
     ] = None,
 ) -> None:
     # Import late: check-data should not pay for Flower's process machinery.
-    from client.node import NodeSettings, check_node, open_ledger, run_node
-    from shared_models.processes import exit_on_termination
+    from fedpriv.client.node import NodeSettings, check_node, open_ledger, run_node
+    from fedpriv.shared_models.plumbing.processes import exit_on_termination
 
     settings = NodeSettings(
         server=server,
@@ -199,7 +154,7 @@ def format_summary(summary: DataSummary) -> str:
     return "\n".join(lines)
 
 
-def format_budget(ledger: NodeLedger, folder: Path, delta: float, accountant: str) -> str:
+def format_budget(ledger: PrivacyLedger, folder: Path, delta: float, accountant: str) -> str:
     """A few lines for a person: lifetime epsilon, the node's cap, and each run's spend."""
     label = f"example-level, at δ={delta:g}, {accountant} accountant"
     cap = (
@@ -227,7 +182,7 @@ def format_budget(ledger: NodeLedger, folder: Path, delta: float, accountant: st
     return "\n".join(lines)
 
 
-def _ledger_line(ledger: NodeLedger) -> str:
+def _ledger_line(ledger: PrivacyLedger) -> str:
     if not ledger.spends:
         spent = "privacy ledger: nothing spent yet"
     else:
@@ -267,7 +222,7 @@ def _split_line(split: SplitSummary) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line of error and a non-zero exit on bad input."""
     args = sys.argv[1:] if argv is None else argv
-    show_progress(PROG, ("client", "simulations"))
+    show_progress(PROG, ("fedpriv",))
     command = typer.main.get_command(app)
     run_command(command, args, PROG)
 

@@ -14,7 +14,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from shared_models.messages import CLIENT_CLIP_MODE, CONFIG_KEY
+from fedpriv.shared_models.messages import CLIENT_CLIP_MODE, CONFIG_KEY
 
 
 def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

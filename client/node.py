@@ -3,10 +3,10 @@
 Everything that can be checked on this machine is checked before anything
 connects: the data folder (format, classes, counts), the CA certificate, the
 node's private key and the device. Then it runs a ``flower-supernode`` whose
-ClientApp (``client.app:app``) trains on that folder: the folder is passed as
+ClientApp (``fedpriv.client.app:app``) trains on that folder: the folder is passed as
 ``--node-config 'data-path="..."'`` (and ``privacy-budget=EPS``, the node's own cap
 on its lifetime epsilon, with ``--budget``). The folder's privacy ledger
-(:mod:`client.node_ledger`) is read up front: a corrupt one stops the node
+(:mod:`fedpriv.client.node_ledger`) is read up front: a corrupt one stops the node
 before it connects. Flower's SuperNode reconnects by itself
 when the SuperLink restarts (no retry limit); this module passes its output
 on and turns a refusal (exit code 305: unknown key, untrusted certificate) into
@@ -27,13 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.app import NODE_DATA_PATH, NODE_DEVICE, NODE_PRIVACY_BUDGET
-from client.local_data import DataSummary, check_data
-from client.node_ledger import NodeLedger, ledger_path, read_ledger, set_node_budget
-from shared_models.config import DEVICES
-from shared_models.errors import ConfigError, DataError, FederationError
-from shared_models.evaluation import resolve_device
-from shared_models.processes import (
+from fedpriv.client.app import NODE_DATA_PATH, NODE_DEVICE, NODE_PRIVACY_BUDGET
+from fedpriv.client.ledger_store import ledger_path, read_ledger, set_node_budget
+from fedpriv.shared_models.config import DEVICES
+from fedpriv.shared_models.data_folder import DataSummary, check_data
+from fedpriv.shared_models.errors import ConfigError, DataError, FederationError
+from fedpriv.shared_models.evaluation import resolve_device
+from fedpriv.shared_models.ledger import PrivacyLedger
+from fedpriv.shared_models.plumbing.processes import (
     FlowerProcess,
     flower_env,
     flower_executable,
@@ -124,7 +125,7 @@ def check_node(settings: NodeSettings) -> DataSummary:
     return summary
 
 
-def open_ledger(settings: NodeSettings) -> NodeLedger:
+def open_ledger(settings: NodeSettings) -> PrivacyLedger:
     """The data folder's ledger, with ``settings.budget`` stored in it when given."""
     if settings.budget is not None:
         ledger = set_node_budget(settings.data, settings.budget)

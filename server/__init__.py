@@ -1,9 +1,7 @@
-"""The coordinator: ServerApp, strategies, the round loop and the run folder."""
+"""The coordinator: ServerApp, strategies, the round loop, checkpoints, the run folder,
+certificates and the coordinator command. Names are imported on first use."""
 
-from server.app import CentralData, CentralDataFn, build_server_app, run_federation
-from server.loop import LoopResult, RoundRecord, run_rounds
-from server.run_folder import RunFolder
-from server.strategies import aggregate_train_metrics, build_strategy
+from fedpriv.shared_models.plumbing.lazy import lazy_exports
 
 __all__ = [
     "CentralData",
@@ -17,3 +15,19 @@ __all__ = [
     "run_federation",
     "run_rounds",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CentralData": ".central_data",
+        "CentralDataFn": ".central_data",
+        "LoopResult": ".loop",
+        "RoundRecord": ".loop",
+        "RunFolder": ".run_folder",
+        "aggregate_train_metrics": ".strategies",
+        "build_server_app": ".app",
+        "build_strategy": ".strategies",
+        "run_federation": ".federation",
+        "run_rounds": ".loop",
+    },
+)

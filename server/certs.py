@@ -30,11 +30,9 @@ anything is written.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared_models.errors import ConfigError, FedprivError
+from fedpriv.shared_models.errors import ConfigError, FedprivError
+from fedpriv.shared_models.plumbing.atomic import atomic_write
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -226,7 +225,7 @@ def init_deployment(
     written: list[Path] = []
     try:
         for path, data, secret in files:
-            _write_atomic(path, data, mode=0o600 if secret else 0o644, replace=force)
+            atomic_write(path, data, mode=0o600 if secret else 0o644, replace=force)
             written.append(path)
     except BaseException:
         if not force:  # leave no half deployment behind; with --force the old one is gone
@@ -368,33 +367,3 @@ def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _make_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) as 0700 if missing; an existing folder keeps its mode."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    """Write ``data`` to ``path`` via a temporary file created with ``mode``, then rename.
-
-    With ``replace`` false the final step is a hard link, which fails if ``path``
-    appeared meanwhile, so an existing file is never clobbered even in a race.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links: check, then rename
-                if path.exists():
-                    raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
-                os.replace(tmp, path)
-            tmp.unlink(missing_ok=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

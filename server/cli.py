@@ -1,9 +1,9 @@
 """``fedpriv-server``: the coordinator's command (real deployment, not simulation).
 
 ``fedpriv-server init DIR`` makes the deployment folder: a private CA, the SuperLink's
-TLS certificate and one key pair per SuperNode (see :mod:`server.certs`).
+TLS certificate and one key pair per SuperNode (see :mod:`fedpriv.server.certs`).
 ``fedpriv-server start DIR --test-data FOLDER`` starts the SuperLink from that folder
-and runs one federation on the nodes that connect (see :mod:`server.deploy`).
+and runs one federation on the nodes that connect (see :mod:`fedpriv.server.deploy`).
 
 Every input mistake ends in one line on stderr and a non-zero exit code: 2 for a
 malformed command line, 1 for a bad setting, an existing file or a refused write.
@@ -19,14 +19,26 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from server.certs import CA_CERT, CA_KEY, NODES_DIR, SERVER_CERT, SERVER_KEY, init_deployment
-from shared_models import cli as opt
-from shared_models.cli import refuse_flags_with_resume, run_command
-from shared_models.config import ClientDPConfig, DPConfig, RunConfig
-from shared_models.errors import ConfigError
+from fedpriv.server.certs import (
+    CA_CERT,
+    CA_KEY,
+    NODES_DIR,
+    SERVER_CERT,
+    SERVER_KEY,
+    init_deployment,
+)
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.plumbing.cli import refuse_flags_with_resume, run_command
+from fedpriv.shared_models.plumbing.flags import (
+    RESUME_SAFE,
+    Flags,
+    run_config_from_flags,
+    training_flags,
+)
 
 if TYPE_CHECKING:
-    from server.deploy import Coordinator
+    from fedpriv.server.deploy import Coordinator
+    from fedpriv.shared_models.config import RunConfig
 
 PROG = "fedpriv-server"
 
@@ -94,14 +106,12 @@ def init(
     )
 
 
-_D = RunConfig()
-
-
 @app.command(
     help="Start the coordinator: a SuperLink with TLS and node authentication, then run "
     "the federation on the nodes that connect, and write the run folder. Exits 0 only when "
     "the run completed."
 )
+@training_flags
 def start(
     ctx: typer.Context,
     directory: Annotated[
@@ -111,7 +121,7 @@ def start(
         Path | None,
         typer.Option(
             help="the coordinator's test-set data folder (role server), e.g. "
-            "server-test from fedpriv-client export-demo-data (required unless --resume)"
+            "server-test from fedpriv-sim export-demo-data (required unless --resume)"
         ),
     ] = None,
     resume: Annotated[
@@ -120,9 +130,6 @@ def start(
             help="continue this run folder from its last checkpoint, with the run's own settings"
         ),
     ] = None,
-    keep_checkpoints: Annotated[
-        int, typer.Option(help="round checkpoints kept in the run folder")
-    ] = _D.keep_checkpoints,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default runs/<time>-<model>-<dataset>)")
     ] = None,
@@ -134,131 +141,69 @@ def start(
         bool,
         typer.Option("--insecure", help="plaintext and no node authentication (experiments only)"),
     ] = False,
-    model: opt.Model = _D.model,
     nodes: Annotated[
         int, typer.Option(help="nodes the run waits for before round 1 (up to --round-timeout)")
     ] = 2,
     min_nodes: Annotated[
         int, typer.Option(help="fewest connected nodes a round may start with (default --nodes)")
     ] = 0,
-    rounds: opt.Rounds = _D.rounds,
-    round_timeout: Annotated[
-        float, typer.Option(help="seconds a round (or the wait for nodes) may take")
-    ] = _D.round_timeout,
-    fraction: opt.Fraction = _D.fraction_train,
-    fraction_evaluate: opt.FractionEvaluate = _D.fraction_evaluate,
-    local_epochs: opt.LocalEpochs = _D.local_epochs,
-    batch_size: opt.BatchSize = _D.batch_size,
-    lr: opt.LearningRate = _D.learning_rate,
-    momentum: opt.Momentum = _D.momentum,
-    strategy: opt.Strategy = _D.strategy,
-    max_update_norm: opt.MaxUpdateNorm = None,
-    norm_bound: opt.NormBound = _D.norm_bound,
-    byzantine_fraction: opt.ByzantineFraction = _D.byzantine_fraction,
-    seed: Annotated[int, typer.Option(help="seed of sampling and noise")] = _D.seed,
-    target_epsilon: opt.TargetEpsilon = None,
-    noise_multiplier: opt.NoiseMultiplier = None,
-    no_dp: opt.NoDP = False,
-    max_grad_norm: opt.MaxGradNorm = _D.dp.max_grad_norm,
-    delta: opt.Delta = _D.dp.delta,
-    accountant: opt.Accountant = _D.dp.accountant,
-    client_dp: opt.ClientDP = _D.client_dp.mode,
-    client_epsilon: opt.ClientEpsilon = None,
-    client_noise: opt.ClientNoise = None,
-    client_clip: opt.ClientClip = _D.client_dp.clipping_norm,
-    client_clip_quantile: opt.ClientClipQuantile = _D.client_dp.target_quantile,
-    client_clip_lr: opt.ClientClipLr = _D.client_dp.clip_learning_rate,
-    init_checkpoint: opt.InitCheckpoint = _D.init_checkpoint,
-    freeze: opt.Freeze = _D.freeze,
+    flags: Flags = {},  # noqa: B006 - filled by @training_flags
 ) -> None:
     # Import late: `init` should not pay for torch.
-    from client.local_data import read_meta
-    from server.app import check_resume, initial_model, load_central_data, resume_config
-    from server.deploy import Coordinator
-    from server.run_folder import RunFolder
+    from fedpriv.server.central_data import load_central_data
+    from fedpriv.server.deploy import Coordinator
+    from fedpriv.server.model_init import initial_model
+    from fedpriv.server.resume import prepare_resume
+    from fedpriv.server.run_folder import RunFolder
+    from fedpriv.shared_models.data_folder import read_meta
 
     coordinator = Coordinator(directory, host=host, port=port, insecure=insecure)
     if resume is not None:
         refuse_flags_with_resume(ctx, _RESUME_FLAGS)
-        config = resume_config(
-            resume, round_timeout=round_timeout, keep_checkpoints=keep_checkpoints
+        config, _ = prepare_resume(
+            resume,
+            load_central_data,
+            round_timeout=flags["round_timeout"],
+            keep_checkpoints=flags["keep_checkpoints"],
         )
-        central = load_central_data(config)
-        model_now, _ = initial_model(config, central)
-        folder = RunFolder.open_existing(Path(config.resume))
-        check_resume(folder, config, model_now, central.model_config.to_dict())
-        _coordinate(config, coordinator, folder.path, insecure)
+        _coordinate(config, coordinator, Path(config.resume), insecure)
         return
     if test_data is None:
         raise ConfigError("--test-data is required (the coordinator's test-set data folder)")
     test_data = test_data.expanduser().resolve()
-    config = RunConfig(
-        model=model,
+    init_checkpoint = flags["init_checkpoint"]
+    config = run_config_from_flags(
+        flags,
         dataset=read_meta(test_data).dataset,
         num_clients=nodes,
         min_nodes=min_nodes,
-        rounds=rounds,
-        round_timeout=round_timeout,
-        fraction_train=fraction,
-        fraction_evaluate=fraction_evaluate,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        momentum=momentum,
-        strategy=strategy,
-        max_update_norm=max_update_norm,
-        norm_bound=norm_bound,
-        byzantine_fraction=byzantine_fraction,
-        seed=seed,
         init_checkpoint=str(Path(init_checkpoint).resolve()) if init_checkpoint else "",
-        freeze=freeze,
-        keep_checkpoints=keep_checkpoints,
         test_data=str(test_data),
-        dp=DPConfig.from_flags(
-            no_dp=no_dp,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            delta=delta,
-            accountant=accountant,
-        ),
-        client_dp=ClientDPConfig(
-            mode=client_dp,
-            target_epsilon=client_epsilon,
-            noise_multiplier=client_noise,
-            clipping_norm=client_clip,
-            target_quantile=client_clip_quantile,
-            clip_learning_rate=client_clip_lr,
-        ),
     )
     # Up-front checks: test data, model, checkpoint, the federation's budget and the run
     # folder, before any process starts. (Each node checks its own budget against its data.)
     initial_model(config, load_central_data(config))
     if config.client_dp.enabled:
-        from server.client_dp import ClientLevelLedger
+        from fedpriv.server.client_dp import ClientLevelLedger
 
         ClientLevelLedger.for_run(config.client_dp, config.dp, config.rounds)
-    run_dir = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{model}-{config.dataset}"
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = out or Path("runs") / f"{stamp}-{config.model}-{config.dataset}"
     folder = RunFolder.create(run_dir)
     _coordinate(config, coordinator, folder.path, insecure)
 
 
 #: Flags that may go with --resume (where and how the coordinator listens, not what it computes).
-_RESUME_FLAGS = {
-    "directory",
-    "resume",
-    "host",
-    "port",
-    "insecure",
-    "round_timeout",
-    "keep_checkpoints",
-}
+_RESUME_FLAGS = {"directory", "resume", "host", "port", "insecure", *RESUME_SAFE}
 
 
 def _coordinate(config: RunConfig, coordinator: Coordinator, run_dir: Path, insecure: bool) -> None:
-    from server.app import privacy_summary_text
-    from server.deploy import start_coordinator
-    from shared_models.processes import exit_on_termination
+    from fedpriv.server.deploy import start_coordinator
+    from fedpriv.server.reporting import privacy_summary_text
+    from fedpriv.shared_models.plumbing.cli import quiet_flower
+    from fedpriv.shared_models.plumbing.processes import exit_on_termination
+
+    quiet_flower()
 
     if insecure:
         typer.echo(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import (
@@ -38,57 +38,36 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from client.privacy import StepPlan, compute_epsilon, noise_for_target
-from shared_models.config import ClientDPConfig, DPConfig
-from shared_models.errors import PrivacyBudgetError
-from shared_models.messages import CLIENT_CLIP_MODE
+from fedpriv.shared_models.accounting import StepPlan, client_level_noise
+from fedpriv.shared_models.config import ClientDPConfig, DPConfig
+from fedpriv.shared_models.errors import PrivacyBudgetError
+from fedpriv.shared_models.ledger import PrivacyLedger
+from fedpriv.shared_models.messages import CLIENT_CLIP_MODE
 
 logger = logging.getLogger(__name__)
-
-# One Gaussian release per round: "sampling rate" 1 (no amplification), one step.
-_RELEASE = StepPlan(sample_rate=1.0, steps=1)
-
-
-def client_level_epsilon(
-    noise_multiplier: float, releases: int, *, delta: float, accountant: str
-) -> float:
-    """Cumulative client-level epsilon after ``releases`` noisy aggregates, at ``delta``."""
-    return compute_epsilon([(noise_multiplier, 1.0, releases)], delta, accountant)
-
-
-def client_level_noise(
-    target_epsilon: float, rounds: int, *, delta: float, accountant: str
-) -> float:
-    """The noise multiplier with which ``rounds`` releases spend (just under) ``target_epsilon``."""
-    try:
-        return noise_for_target(
-            target_epsilon=target_epsilon,
-            delta=delta,
-            plan=_RELEASE,
-            rounds=rounds,
-            accountant=accountant,
-        )
-    except PrivacyBudgetError as err:
-        raise PrivacyBudgetError(f"client-level DP: {err}") from None
 
 
 @dataclass
 class ClientLevelLedger:
     """The federation's client-level privacy spend: one Gaussian release per aggregated round.
 
+    The releases are spends of a :class:`~fedpriv.shared_models.ledger.PrivacyLedger`
+    (noise ``z``, sampling rate 1, one step each), so they compose with the same
+    code as every other epsilon.
+
     Args:
         noise_multiplier: ``z``, fixed for the run.
         delta: the delta every epsilon is reported at.
         accountant: ``"rdp"`` or ``"prv"``.
         budget: the federation's cumulative client-level epsilon cap (``None``: none).
-        releases: how many noisy aggregates have been released so far.
+        ledger: the releases so far.
     """
 
     noise_multiplier: float
     delta: float
     accountant: str
     budget: float | None = None
-    releases: int = 0
+    ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
 
     @classmethod
     def for_run(cls, client_dp: ClientDPConfig, dp: DPConfig, rounds: int) -> ClientLevelLedger:
@@ -106,17 +85,22 @@ class ClientLevelLedger:
             budget=client_dp.target_epsilon,
         )
 
+    @property
+    def releases(self) -> int:
+        """How many noisy aggregates have been released so far."""
+        return sum(s.steps for s in self.ledger.spends)
+
     def epsilon(self) -> float:
         """Cumulative client-level epsilon so far (0.0 before the first release)."""
-        return self.epsilon_after(0)
+        return self.ledger.epsilon(self.delta, self.accountant)
 
     def epsilon_after(self, more: int = 1) -> float:
         """Cumulative epsilon if ``more`` further aggregates were released."""
-        return client_level_epsilon(
+        return self.ledger.epsilon_after(
             self.noise_multiplier,
-            self.releases + more,
-            delta=self.delta,
-            accountant=self.accountant,
+            StepPlan(sample_rate=1.0, steps=more),
+            self.delta,
+            self.accountant,
         )
 
     def check_budget(self) -> None:
@@ -129,8 +113,15 @@ class ClientLevelLedger:
                 f"spent so far {self.epsilon():.3f} in {self.releases} round(s))"
             )
 
-    def record_release(self) -> None:
-        self.releases += 1
+    def record_release(self, server_round: int) -> None:
+        """Count the aggregate of ``server_round`` as released."""
+        self.ledger.record(
+            run_id=0,
+            server_round=server_round,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=1.0,
+            steps=1,
+        )
 
     def state_dict(self) -> dict[str, object]:
         return {
@@ -138,7 +129,7 @@ class ClientLevelLedger:
             "delta": self.delta,
             "accountant": self.accountant,
             "budget": self.budget,
-            "releases": self.releases,
+            "ledger": self.ledger.state_dict(),
         }
 
     @classmethod
@@ -148,7 +139,7 @@ class ClientLevelLedger:
             delta=float(state["delta"]),  # type: ignore[arg-type]
             accountant=str(state["accountant"]),
             budget=None if state["budget"] is None else float(state["budget"]),  # type: ignore[arg-type]
-            releases=int(state["releases"]),  # type: ignore[call-overload]
+            ledger=PrivacyLedger.from_state_dict(state["ledger"]),
         )
 
 
@@ -187,8 +178,8 @@ def wrap_client_dp(
 ) -> Strategy:
     """``strategy`` (FedAvg, equal client weights) in the Flower DP wrapper ``client_dp`` names.
 
-    ``num_clients`` is only the initial size; :func:`server.strategies.fit_to_replies` updates it
-    to the number of replies before each aggregation.
+    ``num_clients`` is only the initial size; :func:`fedpriv.server.strategies.fit_to_replies`
+    updates it to the number of replies before each aggregation.
     """
     if client_dp.adaptive:
         # Noise on the count of clipped clients: std sigma_b = z gives the update

@@ -12,6 +12,7 @@ The deployment folder gains::
 
     state.db        the SuperLink's state (node registrations survive restarts)
     flwr-home/      FLWR_HOME of the `flwr` commands: the connection "fedpriv"
+    app/            the app bundle submitted (:mod:`fedpriv.server.bundle`): names only
     logs/           superlink.log, and run-<time>.log (the run's streamed log)
 """
 
@@ -27,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from server.certs import Deployment, describe
-from shared_models.config import RunConfig
-from shared_models.errors import ConfigError, FederationError
-from shared_models.processes import (
+from fedpriv.server.app import PROGRESS_PREFIX
+from fedpriv.server.bundle import to_toml, write_bundle
+from fedpriv.server.certs import Deployment, describe
+from fedpriv.shared_models.config import RunConfig
+from fedpriv.shared_models.errors import ConfigError, FederationError
+from fedpriv.shared_models.plumbing.processes import (
     FlowerProcess,
     flower_env,
     flower_executable,
@@ -40,13 +43,10 @@ from shared_models.processes import (
 
 logger = logging.getLogger(__name__)
 
-#: The source folder holding ``pyproject.toml`` with ``[tool.flwr.app]``: what is submitted.
-APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedpriv"  # the name of the SuperLink connection in flwr-home/config.toml
 DATABASE = "state.db"
 FLWR_HOME = "flwr-home"
 LOGS = "logs"
-PROGRESS_PREFIX = "fedpriv: "  # how the ServerApp's progress lines start (server.app)
 _RUN_ID = re.compile(r"(?:started run|run_id `?)\s*(\d+)")
 
 
@@ -59,7 +59,6 @@ class Coordinator:
         host: the address to listen on (``0.0.0.0`` for nodes on other machines).
         port: the one port of every SuperLink API (Fleet, Control, Runtime).
         insecure: plaintext, no node authentication: local experiments only.
-        app_dir: the source folder submitted as the Flower app.
         startup_timeout: seconds the SuperLink may take to listen.
     """
 
@@ -67,7 +66,6 @@ class Coordinator:
     host: str = "127.0.0.1"
     port: int = 8000
     insecure: bool = False
-    app_dir: Path = APP_DIR
     startup_timeout: float = 60.0
     files: Deployment = field(init=False)
 
@@ -93,12 +91,6 @@ class Coordinator:
                     f"{self.deployment}/nodes has no node-K.pub: no node could join; "
                     f"make keys with fedpriv-server init {self.deployment} --nodes N --force"
                 )
-        if not (self.app_dir / "pyproject.toml").is_file():
-            raise ConfigError(
-                f"the fedpriv source folder {self.app_dir} has no pyproject.toml; "
-                "fedpriv-server start submits it as the Flower app: install fedpriv from "
-                "its source folder (pip install -e .)"
-            )
         object.__setattr__(self, "files", files)
 
     @property
@@ -258,7 +250,7 @@ def _run(
         [
             flwr,
             "run",
-            str(coordinator.app_dir),
+            str(write_bundle(coordinator.deployment)),
             CONNECTION,
             "--run-config",
             str(config_file),
@@ -317,20 +309,6 @@ def run_status(run_id: str, env: dict) -> str:
         if str(run.get("run-id")) == run_id:
             return str(run.get("status", ""))
     return ""
-
-
-def to_toml(settings: dict[str, bool | int | float | str]) -> str:
-    """Flat settings as a TOML document (what ``flwr run --run-config FILE`` reads)."""
-    lines = []
-    for key, value in settings.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = json.dumps(value)  # a TOML basic string
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
 
 
 def _json_of(text: str) -> dict:

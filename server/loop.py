@@ -3,7 +3,7 @@
 Flower's ``Strategy.start()`` runs the same loop but offers no hook between
 rounds; ours calls ``on_round`` with a :class:`RoundRecord` after every round
 (progress on screen, the run folder's metrics and privacy ledger), reads each
-client's :class:`~shared_models.messages.TrainReport`, and ends the run
+client's :class:`~fedpriv.shared_models.messages.TrainReport`, and ends the run
 cleanly when every sampled client declined because its budget is spent.
 """
 
@@ -19,11 +19,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.client_dp import ClientLevelLedger, clipping_norm
-from server.strategies import fit_to_replies
-from server.validation import Verdict, validate_reply
-from shared_models.errors import PrivacyBudgetError
-from shared_models.messages import (
+from fedpriv.server.client_dp import ClientLevelLedger, clipping_norm
+from fedpriv.server.strategies import fit_to_replies
+from fedpriv.server.validation import Verdict, validate_reply
+from fedpriv.shared_models.errors import PrivacyBudgetError
+from fedpriv.shared_models.messages import (
     DECLINED_BUDGET,
     EVAL_ACCURACY,
     EVAL_LOSS,
@@ -137,7 +137,7 @@ def run_rounds(
     aggregate is noised for the number of clients that replied, and counted
     as one release.
 
-    Every train reply is validated first (:mod:`server.validation`): one with
+    Every train reply is validated first (:mod:`fedpriv.server.validation`): one with
     the wrong tensors, shapes or dtypes, non-finite values, an update norm
     above ``max_update_norm`` or a malformed report is rejected, reported with
     its node and reason, and not aggregated. Frozen tensors (names starting
@@ -200,7 +200,7 @@ def run_rounds(
             # Clients leave frozen tensors out of their updates: keep those as they are.
             arrays = _same_dtypes(ArrayRecord({**arrays, **new_arrays}), arrays)
             if client_ledger is not None:
-                client_ledger.record_release()
+                client_ledger.record_release(rnd)
         for report in reports:
             if report.dp_enabled:
                 latest_epsilon[report.partition_id] = report.epsilon

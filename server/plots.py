@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from server.loop import RoundRecord  # noqa: E402
+from fedpriv.server.loop import RoundRecord  # noqa: E402
 
 
 def plot_accuracy_epsilon(

@@ -1,7 +1,7 @@
 """Round checkpoints: everything the coordinator needs to continue a run.
 
 After every round the coordinator writes ``RUN_DIR/checkpoints/round-NNNNN.safetensors``
-atomically (temporary file, fsync, rename) and keeps the newest ``keep`` of them.
+atomically (:mod:`fedpriv.shared_models.plumbing.atomic`) and keeps the newest ``keep`` of them.
 One file holds:
 
 - tensors ``model/<name>``: the global weights after the round;
@@ -24,10 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -39,7 +37,8 @@ from flwr.serverapp.strategy import Strategy
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from shared_models.errors import DataError
+from fedpriv.shared_models.errors import DataError
+from fedpriv.shared_models.plumbing.atomic import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
 META_KEY = "fedpriv-round-checkpoint"
@@ -98,21 +97,8 @@ def save_round(run_dir: Path, state: RoundState, *, keep: int) -> Path:
     }
     path = checkpoint_path(run_dir, state.round)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, allow_nan=False)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, allow_nan=False)})
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -17,18 +17,17 @@ folder is refused, so nothing already saved is overwritten.
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from server.loop import RoundRecord
-from shared_models.checkpoint import save_checkpoint
-from shared_models.errors import ConfigError
-from shared_models.registry import ModelConfig
+from fedpriv.server.loop import RoundRecord
+from fedpriv.shared_models.checkpoint import save_checkpoint
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.plumbing.atomic import atomic_write, atomic_write_json, json_safe
+from fedpriv.shared_models.registry import ModelConfig
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -62,7 +61,7 @@ class RunFolder:
         return cls(path)
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_json_atomic(self.path / CONFIG_FILE, config)
+        atomic_write_json(self.path / CONFIG_FILE, config)
 
     @classmethod
     def open_existing(cls, path: Path) -> RunFolder:
@@ -92,11 +91,13 @@ class RunFolder:
         because that round runs again.
         """
         for name, rows in ((METRICS_FILE, metrics_rows), (LEDGER_FILE, ledger_rows)):
-            text = "".join(json.dumps(_clean(r), default=str, allow_nan=False) + "\n" for r in rows)
-            _write_text_atomic(self.path / name, text)
+            text = "".join(
+                json.dumps(json_safe(r), default=str, allow_nan=False) + "\n" for r in rows
+            )
+            atomic_write(self.path / name, text)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.path / SUMMARY_FILE, summary)
+        atomic_write_json(self.path / SUMMARY_FILE, summary)
 
     def save_model(
         self,
@@ -136,41 +137,12 @@ def round_rows(
                 "clients": record.trained,
             }
         )
-    return _clean(record.as_row()), _clean(ledger_rows)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON so that ``path`` is never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_clean(data), fh, indent=2, default=str, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    return json_safe(record.as_row()), json_safe(ledger_rows)
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "a") as fh:
         for row in rows:
-            fh.write(json.dumps(_clean(row), default=str, allow_nan=False) + "\n")
+            fh.write(json.dumps(json_safe(row), default=str, allow_nan=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no infinity or NaN: such numbers are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value

@@ -1,7 +1,7 @@
 """The aggregation strategies a run can use, selected by name.
 
 Flower's own (``flwr.serverapp.strategy``) plus norm-bounded FedAvg
-(:mod:`server.normbounded`), configured so that sampling waits for
+(:mod:`fedpriv.server.normbounded`), configured so that sampling waits for
 ``RunConfig.min_available_nodes`` connected nodes (the whole population in a
 simulation) and training metrics are aggregated by
 :func:`aggregate_train_metrics`. FedProx is left out on purpose: its proximal
@@ -49,10 +49,10 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from server.normbounded import NormBoundedFedAvg
-from shared_models.config import STRATEGIES, RunConfig
-from shared_models.errors import ConfigError
-from shared_models.messages import (
+from fedpriv.server.normbounded import NormBoundedFedAvg
+from fedpriv.shared_models.config import STRATEGIES, RunConfig
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.messages import (
     ARRAYS_KEY,
     CLIENT_WEIGHT,
     CONFIG_KEY,
@@ -125,7 +125,7 @@ def build_strategy(config: RunConfig) -> Strategy:
 
     Under client-level DP the clients' updates are averaged with equal weights
     (the noise is calibrated to a plain mean); the caller wraps the result in
-    a DP wrapper (:func:`server.client_dp.wrap_client_dp`).
+    a DP wrapper (:func:`fedpriv.server.client_dp.wrap_client_dp`).
     """
     per_round = max(1, math.floor(config.min_available_nodes * config.fraction_train))
     try:

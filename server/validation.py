@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from shared_models.messages import ARRAYS_KEY, MessageFormatError, TrainReport
+from fedpriv.shared_models.messages import ARRAYS_KEY, MessageFormatError, TrainReport
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ same format; ``--init-checkpoint`` reads it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from shared_models.errors import ConfigError, DataError
-from shared_models.registry import ModelConfig
+from fedpriv.shared_models.errors import ConfigError, DataError
+from fedpriv.shared_models.plumbing.atomic import atomic_path
+from fedpriv.shared_models.registry import ModelConfig
 
 MODEL_CONFIG_KEY = "model_config"
 VOCAB_KEY = "vocab"
@@ -46,20 +45,14 @@ def save_checkpoint(
     vocab: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write atomically (temp file + rename): ``path`` is never half-written."""
+    """Write atomically (:mod:`~fedpriv.shared_models.plumbing.atomic`): never half-written."""
     metadata = {**(extra or {}), MODEL_CONFIG_KEY: json.dumps(model_config.to_dict())}
     if vocab is not None:
         metadata[VOCAB_KEY] = vocab
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

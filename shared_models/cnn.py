@@ -59,7 +59,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class CNN(nn.Module):
     """Image classifier: (B, in_channels, H, W) float images -> (B, num_classes) logits.
 
-    Construct it through :func:`shared_models.build_model`, which validates the
+    Construct it through :func:`fedpriv.shared_models.build_model`, which validates the
     settings; the constructor itself assumes they are valid.
 
     Args:

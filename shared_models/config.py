@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared_models.errors import ConfigError
-from shared_models.registry import MODEL_NAMES
+from fedpriv.shared_models.accounting import check_accountant
+from fedpriv.shared_models.checks import check_delta
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.registry import MODEL_NAMES
 
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 STRATEGIES: tuple[str, ...] = (
     "fedadagrad",
     "fedadam",
@@ -91,12 +92,8 @@ class DPConfig:
             raise ConfigError("DP needs a target epsilon or a noise multiplier (or use --no-dp)")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ConfigError(f"max grad norm must be > 0, got {self.max_grad_norm}")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
-        if self.accountant not in ACCOUNTANTS:
-            raise ConfigError(
-                f"unknown accountant '{self.accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
-            )
+        check_delta(self.delta)
+        check_accountant(self.accountant)
 
     @classmethod
     def from_flags(

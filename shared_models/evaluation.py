@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared_models.errors import ConfigError
+from fedpriv.shared_models.errors import ConfigError
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ import torch
 from opacus.layers import DPLSTM
 from torch import nn
 
-from shared_models.pooling import masked_mean
-from shared_models.tokenizer import PAD_ID
+from fedpriv.shared_models.pooling import masked_mean
+from fedpriv.shared_models.tokenizer import PAD_ID
 
 __all__ = ["LSTMClassifier"]
 
@@ -74,7 +74,7 @@ def _restore_alias_keys(
 class LSTMClassifier(nn.Module):
     """Sequence classifier: (B, T) int64 token ids -> (B, num_classes) logits.
 
-    Construct it through :func:`shared_models.build_model`, which validates the
+    Construct it through :func:`fedpriv.shared_models.build_model`, which validates the
     settings; the constructor itself assumes they are valid.
 
     Args:
@@ -83,7 +83,7 @@ class LSTMClassifier(nn.Module):
             next-character prediction.
         width: Embedding size and LSTM hidden size.
         depth: Number of stacked LSTM layers (>= 1).
-        pooling: ``"last"`` or ``"mean"`` (:mod:`shared_models.pooling`).
+        pooling: ``"last"`` or ``"mean"`` (:mod:`fedpriv.shared_models.pooling`).
     """
 
     def __init__(

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -22,7 +21,10 @@ from flwr.app import (
     RecordDict,
 )
 
-from shared_models.errors import FedprivError
+from fedpriv.shared_models.errors import FedprivError
+
+if TYPE_CHECKING:
+    import torch
 
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"

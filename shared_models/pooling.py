@@ -6,12 +6,15 @@
   sentences: every token counts, and padding never changes the output.
 
 Both the LSTM and the Transformer take ``pooling`` through
-:class:`~shared_models.registry.ModelConfig`; the task decides which.
+:class:`~fedpriv.shared_models.registry.ModelConfig`; the task decides which.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["POOLINGS", "masked_mean"]
 

@@ -17,17 +17,15 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.pooling import POOLINGS
 
-from shared_models.cnn import CNN
-from shared_models.errors import ConfigError
-from shared_models.lstm import LSTMClassifier
-from shared_models.pooling import POOLINGS
-from shared_models.transformer import TransformerClassifier
+if TYPE_CHECKING:  # the models (and torch) are imported when one is built
+    from torch import nn
 
-__all__ = ["MODEL_NAMES", "ModelConfig", "build_model"]
+__all__ = ["MODEL_NAMES", "POOLINGS", "ModelConfig", "build_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ class ModelConfig:
         depth: Conv blocks / LSTM layers / Transformer blocks (>= 1).
         heads: Transformer only: attention heads (>= 1, must divide ``width``).
         pooling: LSTM and Transformer: how one output is read from the sequence,
-            one of :data:`~shared_models.pooling.POOLINGS`: ``"last"``, the
+            one of :data:`~fedpriv.shared_models.pooling.POOLINGS`: ``"last"``, the
             last position (next-token prediction), or ``"mean"``, the mean over
             non-PAD positions (classification of right-padded sentences).
 
@@ -189,6 +187,8 @@ def _check_at_least(field: str, value: int, minimum: int, *, model: str | None =
 
 
 def _build_cnn(config: ModelConfig) -> nn.Module:
+    from fedpriv.shared_models.cnn import CNN
+
     return CNN(
         in_channels=config.in_channels,
         num_classes=config.num_classes,
@@ -198,6 +198,8 @@ def _build_cnn(config: ModelConfig) -> nn.Module:
 
 
 def _build_lstm(config: ModelConfig) -> nn.Module:
+    from fedpriv.shared_models.lstm import LSTMClassifier
+
     return LSTMClassifier(
         vocab_size=config.vocab_size,
         num_classes=config.num_classes,
@@ -208,6 +210,8 @@ def _build_lstm(config: ModelConfig) -> nn.Module:
 
 
 def _build_transformer(config: ModelConfig) -> nn.Module:
+    from fedpriv.shared_models.transformer import TransformerClassifier
+
     return TransformerClassifier(
         vocab_size=config.vocab_size,
         seq_len=config.seq_len,

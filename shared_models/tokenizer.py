@@ -36,7 +36,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-from shared_models.errors import DataError
+from fedpriv.shared_models.errors import DataError
 
 __all__ = [
     "PAD_ID",
@@ -77,17 +77,14 @@ class CharVocab:
     chars: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.chars, tuple):
-            raise DataError(f"chars must be a tuple of characters, got {type(self.chars).__name__}")
-        bad = [c for c in self.chars if not isinstance(c, str) or len(c) != 1]
-        if bad:
-            raise DataError(
-                f"every vocabulary entry must be one character, got {bad[0]!r}; "
-                f"build the vocabulary with CharVocab.build"
-            )
-        if len(set(self.chars)) != len(self.chars):
-            dup = next(c for c, n in Counter(self.chars).items() if n > 1)
-            raise DataError(f"vocabulary characters must be distinct, {dup!r} appears twice")
+        _check_entries(
+            self.chars,
+            field="chars",
+            unit="character",
+            is_entry=lambda c: len(c) == 1,
+            rule="one character",
+            builder="CharVocab",
+        )
 
     @classmethod
     def build(
@@ -215,17 +212,14 @@ class WordVocab:
     words: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.words, tuple):
-            raise DataError(f"words must be a tuple of strings, got {type(self.words).__name__}")
-        bad = [w for w in self.words if not isinstance(w, str) or tokenize_words(w) != [w]]
-        if bad:
-            raise DataError(
-                f"every vocabulary entry must be one lowercase token as tokenize_words "
-                f"splits text, got {bad[0]!r}; build the vocabulary with WordVocab.build"
-            )
-        if len(set(self.words)) != len(self.words):
-            dup = next(w for w, n in Counter(self.words).items() if n > 1)
-            raise DataError(f"vocabulary words must be distinct, {dup!r} appears twice")
+        _check_entries(
+            self.words,
+            field="words",
+            unit="word",
+            is_entry=lambda w: tokenize_words(w) == [w],
+            rule="one lowercase token as tokenize_words splits text",
+            builder="WordVocab",
+        )
 
     @classmethod
     def build(
@@ -344,6 +338,33 @@ def vocab_from_json(text: str) -> Vocab:
             f"got {str(text)[:60]!r}; was it saved by CharVocab/WordVocab.to_json?"
         )
     return _KINDS[kind].from_json(text)
+
+
+def _check_entries(
+    entries: object,
+    *,
+    field: str,
+    unit: str,
+    is_entry: Callable[[str], bool],
+    rule: str,
+    builder: str,
+) -> None:
+    """A vocabulary's entries: a tuple of distinct strings, each one ``unit`` by ``rule``.
+
+    Raises:
+        DataError: naming the first entry that breaks the rule, or the first duplicate.
+    """
+    if not isinstance(entries, tuple):
+        raise DataError(f"{field} must be a tuple of strings, got {type(entries).__name__}")
+    bad = [e for e in entries if not isinstance(e, str) or not is_entry(e)]
+    if bad:
+        raise DataError(
+            f"every vocabulary entry must be {rule}, got {bad[0]!r}; "
+            f"build the vocabulary with {builder}.build"
+        )
+    if len(set(entries)) != len(entries):
+        dup = next(e for e, n in Counter(entries).items() if n > 1)
+        raise DataError(f"vocabulary {unit}s must be distinct, {dup!r} appears twice")
 
 
 def _most_frequent(

@@ -10,7 +10,7 @@ is no causal mask. One set of logits per sequence is read out, by ``pooling``:
 * ``"mean"``: the mean over the non-PAD positions (sentence classification,
   right-padded with PAD), so padding never changes the output.
 
-Padding (:data:`~shared_models.tokenizer.PAD_ID`) is masked as an attention key
+Padding (:data:`~fedpriv.shared_models.tokenizer.PAD_ID`) is masked as an attention key
 in both modes: no position attends to it.
 
 ``torch.nn.MultiheadAttention`` computes its projections with one fused
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared_models.pooling import masked_mean
-from shared_models.tokenizer import PAD_ID
+from fedpriv.shared_models.pooling import masked_mean
+from fedpriv.shared_models.tokenizer import PAD_ID
 
 __all__ = ["TransformerClassifier"]
 
@@ -111,7 +111,7 @@ class Block(nn.Module):
 class TransformerClassifier(nn.Module):
     """Sequence classifier: (B, T) int64 token ids, T <= seq_len -> (B, num_classes) logits.
 
-    Construct it through :func:`shared_models.build_model`, which validates the
+    Construct it through :func:`fedpriv.shared_models.build_model`, which validates the
     settings; the constructor itself assumes they are valid.
 
     Args:
@@ -122,7 +122,7 @@ class TransformerClassifier(nn.Module):
         width: Model dimension; must be divisible by ``heads``.
         depth: Number of transformer blocks (>= 1).
         heads: Attention heads per block.
-        pooling: ``"last"`` or ``"mean"`` (:mod:`shared_models.pooling`).
+        pooling: ``"last"`` or ``"mean"`` (:mod:`fedpriv.shared_models.pooling`).
     """
 
     def __init__(

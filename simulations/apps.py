@@ -1,8 +1,8 @@
 """The simulation's data sources: a dataset split across simulated clients.
 
 ``fedpriv-sim`` builds the apps with :func:`make_server_app`/:func:`make_client_app`
-and its parsed flags. Under ``flwr run .`` the components are ``server.app:app``
-and ``client.app:app`` (``[tool.flwr.app.components]`` in ``pyproject.toml``),
+and its parsed flags. Under ``flwr run .`` the components are ``fedpriv.server.app:app``
+and ``fedpriv.client.app:app`` (``[tool.flwr.app.components]`` in ``pyproject.toml``),
 which come here for their data when a node has no local data folder.
 """
 
@@ -15,16 +15,17 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from client.app import build_client_app
-from client.data import ClientData
-from client.local_data import DataMeta, model_config_for_data
-from server.app import CentralData, build_server_app
-from shared_models.config import RunConfig
-from shared_models.errors import ConfigError
-from shared_models.registry import ModelConfig
-from simulations.datasets import FederatedData
-from simulations.faults import FaultPlan
-from simulations.partition import PartitionSpec, cached_partitions, client_split
+from fedpriv.client.app import build_client_app
+from fedpriv.client.data import ClientData
+from fedpriv.server.app import build_server_app
+from fedpriv.server.central_data import CentralData
+from fedpriv.shared_models.config import RunConfig
+from fedpriv.shared_models.data_format import DataMeta, model_config_for_data
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.registry import ModelConfig
+from fedpriv.simulations.arrays import FederatedData
+from fedpriv.simulations.faults import FaultPlan
+from fedpriv.simulations.partition import PartitionSpec, cached_partitions, client_split
 
 SIMULATED_LEDGERS = "node-ledgers"  # in the run folder: one ledger folder per simulated client
 VAL_FRACTION = 0.2  # of each client's partition, held out for its `evaluate`

@@ -4,7 +4,7 @@ Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run"
 (NeurIPS 2023, arXiv:2305.08846): with ``m`` canaries each included with
 probability 1/2, the number of correct guesses of an (epsilon, delta)-DP run
 is dominated by a binomial with success probability e^eps / (1 + e^eps), up
-to a delta term. Pure functions; :mod:`simulations.audit` runs the training
+to a delta term. Pure functions; :mod:`fedpriv.simulations.audit` runs the training
 and the attack.
 """
 

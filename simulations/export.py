@@ -3,7 +3,7 @@
 :func:`export_partitions` splits a dataset exactly as ``fedpriv-sim`` does (same
 partitioning, same per-client train/held-out split, same seeds) and writes one
 client data folder per client plus the coordinator's test set, in the format of
-:mod:`client.local_data`::
+:mod:`fedpriv.shared_models.data_format`::
 
     <out_dir>/client-0/ ... client-<n-1>/   role "client": train.npz, val.npz
     <out_dir>/server-test/                  role "server": test.npz (the central test set)
@@ -18,9 +18,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from client.local_data import atomic_folder, write_local_data, write_test_data
-from shared_models.config import RunConfig
-from simulations.apps import data_meta, load_partitions, split_client
+from fedpriv.shared_models.config import RunConfig
+from fedpriv.shared_models.data_folder import (
+    refuse_existing_folder,
+    write_local_data,
+    write_test_data,
+)
+from fedpriv.shared_models.errors import DataError
+from fedpriv.shared_models.plumbing.atomic import atomic_folder
+from fedpriv.simulations.apps import data_meta, load_partitions, split_client
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ def export_partitions(
     folders are written into a temporary folder renamed to ``out_dir`` at the end.
 
     Args:
-        dataset: one of ``simulations.datasets.DATASET_NAMES``.
+        dataset: one of ``fedpriv.simulations.datasets.DATASET_NAMES``.
         num_clients: number of client folders (>= 1).
         out_dir: the export folder; must not exist or be empty.
         partitioning: ``iid`` | ``dirichlet`` | ``shards`` | ``natural`` (text only).
@@ -80,7 +86,19 @@ def export_partitions(
         seed=seed,
         data_dir="" if data_dir is None else str(data_dir),
     )
-    with atomic_folder(out_dir) as tmp:  # refuses a non-empty out_dir before any work
+    refuse_existing_folder(out_dir)  # before any work
+    try:
+        folders = _write_all(config, out_dir)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write {out_dir} ({exc.strerror or exc}); choose a new folder"
+        ) from exc
+    logger.debug("exported %s as %d client folders to %s", dataset, num_clients, out_dir)
+    return folders
+
+
+def _write_all(config: RunConfig, out_dir: Path) -> list[Path]:
+    with atomic_folder(out_dir) as tmp:
         data, parts = load_partitions(config)
         meta = data_meta(data)
         for partition_id, indices in enumerate(parts):
@@ -94,5 +112,4 @@ def export_partitions(
                 meta,
             )
         write_test_data(tmp / SERVER_TEST_FOLDER, data.test.x, data.test.y, meta)
-    logger.debug("exported %s as %d client folders to %s", dataset, num_clients, out_dir)
-    return [out_dir / client_folder_name(i) for i in range(num_clients)]
+    return [out_dir / client_folder_name(i) for i in range(config.num_clients)]

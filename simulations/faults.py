@@ -28,8 +28,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from shared_models.errors import ConfigError
-from shared_models.messages import ARRAYS_KEY
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.messages import ARRAYS_KEY
 
 logger = logging.getLogger(__name__)
 

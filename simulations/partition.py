@@ -43,9 +43,10 @@ from flwr_datasets.partitioner import (
     ShardPartitioner,
 )
 
-from shared_models.errors import ConfigError, DataError
-from simulations.datasets import FederatedData, load_dataset
-from simulations.text_tasks import NATURAL_CLIENT_KIND
+from fedpriv.shared_models.errors import ConfigError, DataError
+from fedpriv.simulations.arrays import FederatedData
+from fedpriv.simulations.datasets import load_dataset
+from fedpriv.simulations.text_tasks import NATURAL_CLIENT_KIND
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def cached_partitions(
     use ``data.pool.subset(...)`` (a writable copy) rather than mutating in place.
 
     Args:
-        dataset_name: one of ``simulations.datasets.DATASET_NAMES``.
+        dataset_name: one of ``fedpriv.simulations.datasets.DATASET_NAMES``.
         data_dir: directory of the dataset files, or None for the default.
         spec: how to partition the pool.
         seed: seed of the pool/test split (``load_dataset``'s seed); the

@@ -4,9 +4,9 @@ Given a client's dataset size, batch size, local epochs, rounds and
 participation rate, and a target epsilon (or a noise multiplier), it prints
 the noise multiplier and the cumulative epsilon after every round. With
 ``--clients`` it does the same for client-level DP. It calls exactly the
-functions the training commands call (:func:`client.privacy.plan_round`,
-:func:`~client.privacy.noise_for_target`, :func:`~client.privacy.compute_epsilon`,
-:func:`server.client_dp.client_level_noise`), so the plan is what a run does.
+functions the training commands call (:mod:`fedpriv.shared_models.accounting`:
+``plan_round``, ``noise_for_target``, ``compute_epsilon``, ``client_level_noise``),
+so the plan is what a run does.
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ from typing import Annotated
 
 import typer
 
-from client.privacy import compute_epsilon, noise_for_target, plan_round
-from server.client_dp import client_level_epsilon, client_level_noise
-from shared_models.config import ACCOUNTANTS
-from shared_models.errors import ConfigError
+from fedpriv.shared_models.accounting import (
+    check_accountant,
+    client_level_epsilon,
+    client_level_noise,
+    compute_epsilon,
+    noise_for_target,
+    plan_round,
+)
+from fedpriv.shared_models.checks import check_delta
+from fedpriv.shared_models.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,8 @@ def _check(
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if not 0 < participation <= 1:
         raise ConfigError(f"--participation must be in (0, 1], got {participation}")
-    if not 0 < delta < 1:
-        raise ConfigError(f"--delta must be in (0, 1), got {delta}")
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(
-            f"unknown accountant '{accountant}'; choose one of: {', '.join(ACCOUNTANTS)}"
-        )
+    check_delta(delta, "--delta")
+    check_accountant(accountant)
 
 
 def format_plan(

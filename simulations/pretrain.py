@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from client.training import train_locally
-from shared_models.checkpoint import save_checkpoint
-from shared_models.config import RunConfig
-from shared_models.errors import ConfigError
-from shared_models.evaluation import evaluate_model, resolve_device
-from shared_models.registry import ModelConfig, build_model
-from simulations.apps import model_config_for
-from simulations.datasets import load_dataset
-from simulations.text_data import DEFAULT_DATA_DIR, load_brown
-from simulations.text_tasks import next_char_windows, window_starts
+from fedpriv.client.training import train_locally
+from fedpriv.shared_models.checkpoint import save_checkpoint
+from fedpriv.shared_models.config import RunConfig
+from fedpriv.shared_models.errors import ConfigError
+from fedpriv.shared_models.evaluation import evaluate_model, resolve_device
+from fedpriv.shared_models.registry import ModelConfig, build_model
+from fedpriv.simulations.apps import model_config_for
+from fedpriv.simulations.datasets import load_dataset
+from fedpriv.simulations.text_data import DEFAULT_DATA_DIR, load_brown
+from fedpriv.simulations.text_tasks import next_char_windows, window_starts
 
 logger = logging.getLogger(__name__)
 

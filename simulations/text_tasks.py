@@ -3,7 +3,7 @@
 Two tasks:
 
 * ``sotu``: next-character prediction on the State of the Union addresses, with a
-  :class:`~shared_models.tokenizer.CharVocab` (case kept; the ``max_vocab_size - 2``
+  :class:`~fedpriv.shared_models.tokenizer.CharVocab` (case kept; the ``max_vocab_size - 2``
   most frequent characters, the rest UNK), one
   natural client per president (43, unbalanced and non-IID, like LEAF's
   Shakespeare). An example is ``seq_len`` characters; its label is the id of the
@@ -15,11 +15,11 @@ Two tasks:
   ``min_windows_per_client``, 20), which keeps the natural imbalance (47..1000
   windows a president, ~11k in all) while bounding the CPU cost.
 * ``sentiment``: sentence polarity on the VADER ground truth, with a
-  :class:`~shared_models.tokenizer.WordVocab`. Label 1 if the mean human rating
+  :class:`~fedpriv.shared_models.tokenizer.WordVocab`. Label 1 if the mean human rating
   is > 0, else 0; sentences with ``|rating| < neutral_band`` (0.5) are dropped as
   neutral. An example is the sentence's first ``seq_len`` (40) words, right-padded
   with PAD (0); the models average over the non-PAD positions (``pooling="mean"``,
-  see :func:`client.local_data.model_config_for_data`). The natural clients are
+  see :func:`fedpriv.client.local_data.model_config_for_data`). The natural clients are
   the four sources (movie, tweet, nyt, amazon); the pool/test split is stratified
   on (source, label), 80/20, by seed.
 
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared_models.errors import ConfigError, DataError
-from shared_models.tokenizer import PAD_ID, CharVocab, Vocab, WordVocab
-from simulations.datasets import ArrayDataset, FederatedData
-from simulations.text_data import (
+from fedpriv.shared_models.errors import ConfigError, DataError
+from fedpriv.shared_models.tokenizer import PAD_ID, CharVocab, Vocab, WordVocab
+from fedpriv.simulations.arrays import ArrayDataset, FederatedData
+from fedpriv.simulations.text_data import (
     DEFAULT_DATA_DIR,
     SENTIMENT_SOURCES,
     load_brown,
@@ -136,7 +136,7 @@ def sotu_task(
     """Next-character prediction with one natural client per author.
 
     Args:
-        texts: author -> text (e.g. :func:`simulations.text_data.load_sotu`), in
+        texts: author -> text (e.g. :func:`fedpriv.simulations.text_data.load_sotu`), in
             client-id order.
         seq_len: characters per example (>= 1).
         max_windows_per_client: pool windows of the author with the most text (>= 1);
@@ -229,7 +229,7 @@ def sentiment_task(
         records: ``(text, mean_rating, source)`` (e.g. :func:`load_sentiment`),
             source one of ``SENTIMENT_SOURCES``.
         seq_len: words kept per sentence (>= 1): the first ``seq_len`` tokens of
-            :func:`~shared_models.tokenizer.tokenize_words`, right-padded with PAD.
+            :func:`~fedpriv.shared_models.tokenizer.tokenize_words`, right-padded with PAD.
         seed: seed of the stratified pool/test split (>= 0).
         neutral_band: sentences with ``|rating| < neutral_band`` are dropped (>= 0;
             0 keeps all, and a rating of exactly 0 is then negative).

@@ -1,0 +1,1 @@
+"""Helpers the tests share (on the test path: ``from support.google_dp import ...``)."""
