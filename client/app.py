@@ -18,6 +18,7 @@ around their own data (:mod:`fedpriv.simulations.apps`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ NODE_PRIVACY_BUDGET = "privacy-budget"
 
 def build_client_app(
     load_data: ClientDataFn,
-    config: RunConfig | None = None,
+    config: RunConfig | Callable[[Context], RunConfig] | None = None,
     *,
     mods: list[Mod] | None = None,
     ledger_root: Path | None = None,
@@ -68,8 +69,8 @@ def build_client_app(
 
     Args:
         load_data: finds this node's data from its context and the run config.
-        config: the run's settings; ``None`` reads them from
-            ``context.run_config`` (as under ``flwr run``).
+        config: the run's settings, or how to read them from the context;
+            ``None`` parses ``context.run_config``.
         mods: further Flower mods, outermost first (they see the reply after
             client-side clipping), e.g. a simulation's faulty-client mod.
         ledger_root: where nodes without a data folder (simulated ones) keep
@@ -79,7 +80,11 @@ def build_client_app(
     app = ClientApp(mods=[*(mods or []), client_clipping_mod])
 
     def run_config(context: Context) -> RunConfig:
-        return config if config is not None else RunConfig.from_run_config(context.run_config)
+        if isinstance(config, RunConfig):
+            return config
+        if config is not None:
+            return config(context)
+        return RunConfig.from_run_config(context.run_config)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

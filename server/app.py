@@ -63,6 +63,7 @@ def show_progress() -> None:
         handler.setFormatter(logging.Formatter(PROGRESS_PREFIX + "%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+        log.propagate = False  # once, not again through the root logger Flower configures
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

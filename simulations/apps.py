@@ -8,6 +8,7 @@ which come here for their data when a node has no local data folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,12 +106,26 @@ def load_central_data(cfg: RunConfig) -> CentralData:
     return CentralData(model_config_for(cfg, data), data.test.x, data.test.y, vocab)
 
 
-def make_client_app(config: RunConfig | None = None, faults: FaultPlan | None = None) -> ClientApp:
-    """The simulated nodes' ClientApp; ``faults`` makes some of them misbehave."""
+def make_client_app(
+    config: RunConfig | None = None,
+    faults: FaultPlan | None = None,
+    *,
+    parse_config: Callable[[Context], RunConfig] | None = None,
+) -> ClientApp:
+    """The simulated nodes' ClientApp; ``faults`` makes some of them misbehave.
+
+    ``config``: the run's settings (``fedpriv-sim``); without it they come from
+    ``parse_config(context)``, or from ``context.run_config``.
+    """
     mods = [faults.mod()] if faults is not None and faults.faults else None
     # fedpriv-sim's nodes keep their privacy ledgers in the run folder, where --resume finds them.
     ledger_root = Path(config.run_dir) / SIMULATED_LEDGERS if config and config.run_dir else None
-    return build_client_app(load_client_data, config, mods=mods, ledger_root=ledger_root)
+    return build_client_app(
+        load_client_data,
+        config if config is not None else parse_config,
+        mods=mods,
+        ledger_root=ledger_root,
+    )
 
 
 def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:

@@ -184,14 +184,13 @@ def simulate(
     config = dataclasses.replace(config, run_dir=str(folder.path))
     sizes = sorted(len(p) for p in parts)
     logger.info(
-        "%d clients (%s split, %d-%d examples each), %d rounds, %s; run folder %s",
+        "%d clients (%s split, %d-%d examples each), %d rounds, %s",
         config.num_clients,
         config.partitioning,
         sizes[0],
         sizes[-1],
         config.rounds,
         _privacy_words(config),
-        folder.path,
     )
     if faults is not None:
         logger.info("faulty clients: %s", faults.describe())

@@ -67,6 +67,13 @@ def run_command(command: click.Command, args: list[str], prog: str) -> None:
         fail(prog, str(err), 1)
     except OSError as err:  # the system refused: a folder under a file, no permission, disk full
         fail(prog, str(err), 1)
+    except ModuleNotFoundError as err:  # a site install (no extras) running a simulation tool
+        fail(
+            prog,
+            f"the Python package '{err.name}' is not installed; simulations need the sim extra: "
+            "pip install 'fedpriv[sim]'",
+            1,
+        )
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -22,8 +22,10 @@ def test_pyproject_flwr_config_lists_every_setting_at_its_default():
     # `flwr run --run-config` only accepts keys listed there, so all must be.
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     flwr_config = pyproject["tool"]["flwr"]["app"]["config"]
-    assert flwr_config == RunConfig().to_run_config()
-    assert RunConfig.from_run_config(flwr_config) == RunConfig()
+    # one exception: num-clients 0 means "the federation's SuperNodes" under `flwr run .`
+    assert flwr_config["num-clients"] == 0
+    assert {**flwr_config, "num-clients": 10} == RunConfig().to_run_config()
+    assert RunConfig.from_run_config({**flwr_config, "num-clients": 10}) == RunConfig()
 
 
 @pytest.mark.parametrize(
